@@ -88,3 +88,33 @@ def make_trace(problem: Problem, strategy: str) -> str:
     words += [";", known, "=", s(problem.given)]
     words += [";", "sub", s(b), "=", s(t), ";", "div", s(m), "=", s(ans), ";", "ans", s(ans)]
     return " ".join(words)
+
+
+def step_positions(response: str) -> list[int]:
+    """Word indices (0-based, within ``response.split()``) of the ``=`` of each written step.
+
+    One index per step segment of the trace in order: each operation step, and for map traces
+    also the two solve steps (``sub b = t`` and ``div m = r``). The model predicts a step's
+    result at its ``=``, so these are the positions where a step is *executed*; the result
+    word is at index + 1. Segments without an ``=`` (the answer) and the start segment are not
+    steps. Character offsets of the same words: :func:`word_char_offsets`.
+    """
+    words = response.split()
+    out, seg_start = [], 0
+    for i, w in enumerate(words + [";"]):
+        if w == ";":
+            seg = words[seg_start:i]
+            if seg_start > 0 and "=" in seg and seg[0] not in ("x", "y"):
+                out.append(seg_start + seg.index("="))
+            seg_start = i + 1
+    return out
+
+
+def word_char_offsets(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` character offsets of each whitespace-separated word of ``text``."""
+    out, i = [], 0
+    for w in text.split():
+        i = text.index(w, i)
+        out.append((i, i + len(w)))
+        i += len(w)
+    return out

@@ -251,3 +251,16 @@ def test_cli_check_missing_file_fails_cleanly(tmp_path):
 def test_cli_sample_rejects_an_unknown_field():
     out = _cli("sample", "--field", "17", "--type", "inversion", "--strategy", "backward", "--steps", "3")
     assert out.returncode == 2 and "17" in out.stderr
+
+
+@given(problems(), st.sampled_from(STRATEGIES))
+def test_step_positions_point_at_the_equals_of_every_checked_step(prob, strategy):
+    from probes.task.traces import step_positions, word_char_offsets
+
+    t = make_trace(prob, strategy)
+    words = t.split()
+    pos = step_positions(t)
+    assert all(words[i] == "=" for i in pos)
+    assert len(pos) == len(verify(prob, t).steps_correct)
+    offs = word_char_offsets(t)
+    assert [t[a:b] for a, b in offs] == words
