@@ -1,0 +1,146 @@
+"""``python -m probes.behavior``: behaviour of a checkpoint, and the decomposition against a reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"1-10"`` or ``"5,6,7"`` to a tuple of chain lengths."""
+    try:
+        if "-" in text:
+            a, b = text.split("-")
+            steps = tuple(range(int(a), int(b) + 1))
+        else:
+            steps = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps {text!r}: use a range like 1-10 or a list like 5,6,7") from None
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError("--steps must name chain lengths >= 1")
+    return steps
+
+
+def held_out_problems(n: int, seed: int, steps: tuple[int, ...], fields=(11, 13)):
+    """``n`` evaluation problems: stratified round-robin over field x type x steps, from a
+    seed stream separate from every training stream (``eval-SEED``)."""
+    import random
+
+    from probes.task.problems import TYPES, random_problem
+
+    rng = random.Random(f"eval-{seed}")
+    cells = [(f, t, k) for k in steps for t in TYPES for f in fields]
+    return [random_problem(rng, *cells[i % len(cells)]) for i in range(n)]
+
+
+def load_model(path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").exists():
+        raise SystemExit(f"error: {path} is not a checkpoint directory (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tok
+
+
+def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None):
+    """Evaluate one or two checkpoints on the same problems; returns the JSON-ready dict."""
+    from probes.behavior.decompose import decompose, summarize
+    from probes.behavior.evaluate import evaluate_model, stratum_key, summarize_behavior
+    from probes.task.jsonl import write_jsonl
+
+    result: dict = {"schema_version": SCHEMA_VERSION, "model": str(model_dir), "reference": reference_dir and str(reference_dir),
+                    "settings": dict(settings.__dict__), "models": {}}
+    rows = {}
+    for role, d in (("model", model_dir), ("reference", reference_dir)):
+        if d is None:
+            continue
+        model, tok = load_model(d)
+        logging.info("evaluating %s (%s) on %d problems", role, d, len(problems))
+        rows[role] = evaluate_model(model, tok, problems, settings, progress=progress)
+        result["models"][role] = summarize_behavior(rows[role], n_boot=n_boot, seed=settings.seed)
+        if responses_out:
+            write_jsonl(Path(responses_out).with_suffix(f".{role}.jsonl"), [r.to_dict() for r in rows[role]])
+    if "reference" in rows:
+        ref, new = rows["reference"], rows["model"]
+        dec = decompose(np.stack([r.pi for r in ref]), np.stack([r.a for r in ref]),
+                        np.stack([r.pi for r in new]), np.stack([r.a for r in new]))
+        keys = np.array([stratum_key(p) for p in problems])
+        types = np.array([p.type for p in problems])
+        result["decomposition"] = {
+            "pooled": summarize(dec, None, n_boot, settings.seed),
+            "by_type": {t: summarize(dec, types == t, n_boot, settings.seed) for t in ("evaluation", "inversion")},
+            "strata": {k: summarize(dec, keys == k, n_boot, settings.seed) for k in sorted(set(keys))},
+        }
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A readable summary table of a behaviour result."""
+    lines = []
+    for role, s in result["models"].items():
+        acc = s["accuracy"]
+        lines.append(f"== {role}: {result[role]}")
+        lines.append(f"  accuracy  greedy {acc['greedy']['mean']:.3f}  sampled(T=1) {acc['sampled']['mean']:.3f}"
+                     f"  implied sum_s pi*a {acc['implied']['mean']:.3f}   pass@k "
+                     + " ".join(f"{k}:{v:.3f}" for k, v in s["pass_at_k"].items()))
+        lines.append(f"  {'type':<11} {'P(F) T=1':>9} {'P(B) T=1':>9} {'unparse':>8} {'a(F)':>6} {'a(B)':>6}")
+        for t in ("evaluation", "inversion"):
+            sh = s["strategy_share"][t]["sampled"]
+            fa = s["forced_accuracy"][t]
+            lines.append(f"  {t:<11} {sh['forward']:>9.3f} {sh['backward']:>9.3f} {sh['unparseable']:>8.3f}"
+                         f" {fa['forward']['mean']:>6.3f} {fa['backward']['mean']:>6.3f}")
+        ks = sorted({int(k.split('/')[1][1:]) for k in s["accuracy_by_stratum"]})
+        lines.append("  sampled accuracy by k: " + " ".join(
+            f"k{k}:{np.mean([v['sampled'] for kk, v in s['accuracy_by_stratum'].items() if kk.split('/')[1] == f'k{k}']):.2f}"
+            for k in ks))
+    if "decomposition" in result:
+        d = result["decomposition"]
+        lines.append("== decomposition (reference -> model), Shapley split, 95% bootstrap CIs")
+        for name, node in [("pooled", d["pooled"])] + [(t, v) for t, v in d["by_type"].items()]:
+            lines.append(f"  {name:<11} delta {node['delta']:+.3f} [{node['delta_ci'][0]:+.3f},{node['delta_ci'][1]:+.3f}]"
+                         f"  selection {node['selection']:+.3f} [{node['selection_ci'][0]:+.3f},{node['selection_ci'][1]:+.3f}]"
+                         f"  improvement {node['improvement']:+.3f} [{node['improvement_ci'][0]:+.3f},{node['improvement_ci'][1]:+.3f}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from probes.behavior.evaluate import BehaviorSettings
+    from probes.task.jsonl import atomic_write_text
+
+    ap = argparse.ArgumentParser(prog="python -m probes.behavior", description=__doc__)
+    ap.add_argument("--model", required=True, help="checkpoint directory (the model after the change)")
+    ap.add_argument("--reference", help="checkpoint before the change: adds the decomposition")
+    ap.add_argument("--n", type=int, default=1000, help="held-out problems (stratified over field x type x steps)")
+    ap.add_argument("--steps", type=parse_steps, default=parse_steps("1-10"), help="chain lengths, e.g. 1-10")
+    ap.add_argument("--samples", type=int, default=4, help="temperature-1 samples per problem")
+    ap.add_argument("--forced", type=int, default=2, help="forced-strategy samples per problem and strategy")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", required=True, help="output JSON file (responses go beside it as .model.jsonl)")
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.samples < 1 or args.forced < 1:
+        ap.error("--n, --samples and --forced must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    problems = held_out_problems(args.n, args.seed, args.steps)
+    settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed)
+    result = run_behavior(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out)
+    result["settings"].update({"n": args.n, "steps": list(args.steps), "problem_seed": args.seed})
+    atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(format_table(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

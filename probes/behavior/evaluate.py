@@ -1,0 +1,175 @@
+"""Behaviour of one checkpoint on a problem set: strategies, accuracy, pass@k, forced accuracy.
+
+For every problem ``x`` it measures
+
+- ``pi(s|x)``: the temperature-1 probability of the first response token of strategy ``s``
+  (exact, from the logits; mass on other tokens counts as no strategy);
+- greedy and temperature-1 sampled responses, verified and labelled;
+- ``a(s|x)``: forced-strategy accuracy, the share of correct temperature-1 responses when the
+  response is prefixed with ``s``'s first token, so ``a`` exists even for strategies the
+  model rarely picks. ``sum_s pi(s|x) a(s|x)`` is then the model's temperature-1 accuracy in
+  expectation (``implied_accuracy``), which the sampled accuracy estimates independently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from math import comb
+
+import numpy as np
+
+from probes.behavior.generate import first_token_probs, generate, max_trace_words
+from probes.task.problems import Problem
+from probes.task.traces import STRATEGIES, STRATEGY_TOKEN
+from probes.task.verify import UNPARSEABLE, verify
+
+
+@dataclass
+class BehaviorSettings:
+    n_samples: int = 4
+    n_forced: int = 2
+    batch_size: int = 128
+    seed: int = 0
+    temperature: float = 1.0
+
+
+@dataclass
+class ProblemBehavior:
+    """Everything measured on one problem (``S`` = 2 strategies, forward then backward)."""
+
+    problem: Problem
+    pi: np.ndarray  # [S]
+    logit_diff: float  # logit(F) - logit(B), nats
+    greedy: str
+    greedy_correct: bool
+    greedy_strategy: str
+    samples: list[str] = field(default_factory=list)
+    sample_correct: list[bool] = field(default_factory=list)
+    sample_strategy: list[str] = field(default_factory=list)
+    forced_correct: dict[str, list[bool]] = field(default_factory=dict)
+
+    @property
+    def a(self) -> np.ndarray:
+        return np.array([np.mean(self.forced_correct[s]) for s in STRATEGIES])
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.problem.id, "field": self.problem.field, "type": self.problem.type,
+            "steps": self.problem.steps, "prompt": self.problem.prompt,
+            "pi": self.pi.tolist(), "logit_diff": self.logit_diff,
+            "greedy": self.greedy, "greedy_correct": self.greedy_correct, "greedy_strategy": self.greedy_strategy,
+            "samples": self.samples, "sample_correct": self.sample_correct, "sample_strategy": self.sample_strategy,
+            "forced_correct": self.forced_correct,
+        }
+
+
+def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc):
+    """Generate one response per problem, batching problems of equal chain length."""
+    out: list[str | None] = [None] * len(problems)
+    by_k = defaultdict(list)
+    for i, p in enumerate(problems):
+        by_k[p.steps].append(i)
+    for k in sorted(by_k):
+        idx = by_k[k]
+        texts = generate(model, tok, [problems[i].prompt for i in idx], greedy=greedy, prefix=prefix,
+                         temperature=settings.temperature, max_new_tokens=max_trace_words(k) + 8,
+                         batch_size=settings.batch_size, seed=seed + 1000 * k)
+        for i, t in zip(idx, texts):
+            out[i] = t
+    return out
+
+
+def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettings | None = None,
+                   progress: bool = True) -> list[ProblemBehavior]:
+    """Measure a checkpoint's behaviour on ``problems`` (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    settings = settings or BehaviorSettings()
+    model.eval()
+    pf, pb, ld = first_token_probs(model, tok, [p.prompt for p in problems], batch_size=settings.batch_size)
+    jobs = [("greedy", None, 0)]
+    jobs += [("sample", None, r) for r in range(settings.n_samples)]
+    jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(settings.n_forced)]
+    results: dict[tuple[str, int], list[str]] = {}
+    for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress)):
+        results[(kind, r)] = _gen_grouped(model, tok, problems, greedy=kind == "greedy", prefix=prefix,
+                                          settings=settings, seed=settings.seed + 7919 * j, desc=None)
+    out = []
+    for i, p in enumerate(problems):
+        g = results[("greedy", 0)][i]
+        vg = verify(p, g)
+        pbh = ProblemBehavior(p, np.array([pf[i], pb[i]], dtype=np.float64), float(ld[i]), g, vg.correct, vg.strategy)
+        for r in range(settings.n_samples):
+            t = results[("sample", r)][i]
+            v = verify(p, t)
+            pbh.samples.append(t)
+            pbh.sample_correct.append(v.correct)
+            pbh.sample_strategy.append(v.strategy)
+        for s in STRATEGIES:
+            pbh.forced_correct[s] = [verify(p, results[(f"forced-{s}", r)][i]).correct for r in range(settings.n_forced)]
+        out.append(pbh)
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct (Chen et al. 2021, arXiv 2107.03374)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def stratum_key(p: Problem) -> str:
+    return f"{p.type}/k{p.steps}/p{p.field}"
+
+
+def summarize_behavior(rows: list[ProblemBehavior], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Aggregate tables of one checkpoint's behaviour (keys documented in ``probes.behavior``)."""
+    from probes.behavior.decompose import bootstrap_ci
+
+    def mean_ci(vals):
+        vals = np.asarray(vals, dtype=np.float64)
+        return {"mean": float(vals.mean()) if vals.size else None,
+                "ci": list(bootstrap_ci(vals, n_boot, seed)) if vals.size else None, "n": int(vals.size)}
+
+    greedy = np.array([r.greedy_correct for r in rows], dtype=float)
+    sampled = np.array([np.mean(r.sample_correct) for r in rows])
+    implied = np.array([float(r.pi @ r.a) for r in rows])
+    out: dict = {
+        "n_problems": len(rows),
+        "accuracy": {"greedy": mean_ci(greedy), "sampled": mean_ci(sampled), "implied": mean_ci(implied)},
+        "accuracy_by_stratum": {},
+        "strategy_share": {},
+        "accuracy_by_strategy": {},
+        "forced_accuracy": {},
+        "pass_at_k": {},
+    }
+    strata = defaultdict(list)
+    for i, r in enumerate(rows):
+        strata[stratum_key(r.problem)].append(i)
+    for key in sorted(strata, key=lambda s: (s.split("/")[0], int(s.split("/")[1][1:]), s)):
+        idx = strata[key]
+        out["accuracy_by_stratum"][key] = {"greedy": float(greedy[idx].mean()), "sampled": float(sampled[idx].mean()),
+                                           "n": len(idx)}
+    for t in ("evaluation", "inversion", "all"):
+        sel = [r for r in rows if t == "all" or r.problem.type == t]
+        if not sel:
+            continue
+        labels = [s for r in sel for s in r.sample_strategy]
+        glabels = [r.greedy_strategy for r in sel]
+        out["strategy_share"][t] = {
+            "sampled": {s: labels.count(s) / len(labels) for s in (*STRATEGIES, UNPARSEABLE)},
+            "greedy": {s: glabels.count(s) / len(glabels) for s in (*STRATEGIES, UNPARSEABLE)},
+            "first_token": {s: float(np.mean([r.pi[j] for r in sel])) for j, s in enumerate(STRATEGIES)},
+        }
+        by_s = {}
+        for s in STRATEGIES:
+            c = [ok for r in sel for ok, lab in zip(r.sample_correct, r.sample_strategy) if lab == s]
+            by_s[s] = {"accuracy": float(np.mean(c)) if c else None, "n": len(c)}
+        out["accuracy_by_strategy"][t] = by_s
+        out["forced_accuracy"][t] = {s: mean_ci([np.mean(r.forced_correct[s]) for r in sel]) for s in STRATEGIES}
+    n = min(len(r.sample_correct) for r in rows) if rows else 0
+    for k in sorted({1, 2, 4, 8, n} - {0}):
+        if k <= n:
+            out["pass_at_k"][str(k)] = float(np.mean([pass_at_k(n, int(sum(r.sample_correct[:n])), k) for r in rows]))
+    return out

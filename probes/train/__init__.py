@@ -1,0 +1,1 @@
+"""Training the model organism: SFT and GRPO through TRL (``python -m probes.train``)."""

@@ -1,0 +1,69 @@
+"""Saving trained organisms: fp16 safetensors, the tokenizer, and a card (``card.json``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from probes.task.jsonl import atomic_write_text
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    """The newest complete ``checkpoint-N`` under ``work_dir`` (None if there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not work_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(work_dir))
+
+
+def save_final(model, tokenizer, out: Path, card: dict, dtype: str = "float16") -> None:
+    """Save the model in ``dtype`` with its tokenizer and card into ``out`` (atomically: a
+    temporary folder renamed into place, so a half-saved checkpoint never looks finished)."""
+    import torch
+
+    tmp = out.with_name(out.name + ".saving")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    m = model.to(getattr(torch, dtype))
+    m.save_pretrained(str(tmp), safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(str(tmp))
+    card = dict(card)
+    card.update({"saved_dtype": dtype, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "python": platform.python_version(), "versions": _versions()})
+    atomic_write_text(tmp / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+    keep = [p for p in ("behavior.json", "behavior.md") if (out / p).exists()]
+    for p in keep:
+        shutil.copy2(out / p, tmp / p)
+    if (out / "_work").is_dir():
+        (out / "_work").rename(tmp / "_work")  # keep intermediate checkpoints for later resumes
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def is_finished(out: Path) -> bool:
+    """True when ``out`` holds a saved final model with its card."""
+    return (out / "card.json").exists() and (out / "model.safetensors").exists()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "trl", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

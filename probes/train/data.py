@@ -1,0 +1,53 @@
+"""Training data: SFT prompt-completion pairs and GRPO prompts, drawn reproducibly.
+
+SFT examples draw a problem (field, type, k from the configured weights) and a strategy per
+problem from the configured mixture, and pair the prompt with the correct trace. GRPO rows
+carry the prompt and the problem's fields so the reward can verify completions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+
+from probes.task.problems import random_problem
+from probes.task.traces import make_trace
+from probes.train.config import DataConfig
+
+
+def _draw(cfg: DataConfig, rng: random.Random):
+    ks, kw = zip(*sorted(cfg.steps.items()))
+    k = rng.choices(ks, weights=kw)[0]
+    return random_problem(rng, rng.choice(cfg.fields), rng.choice(cfg.types), k)
+
+
+def sft_rows(cfg: DataConfig) -> list[dict]:
+    """``cfg.n`` rows ``{"prompt", "completion", "id", "strategy", "steps"}`` (completion starts with a space)."""
+    rng = random.Random(f"sft-{cfg.seed}")
+    strategies, sw = zip(*sorted(cfg.strategies.items()))
+    rows = []
+    for _ in range(cfg.n):
+        prob = _draw(cfg, rng)
+        s = rng.choices(strategies, weights=sw)[0]
+        rows.append({"prompt": prob.prompt, "completion": " " + make_trace(prob, s), "id": prob.id,
+                     "strategy": s, "steps": prob.steps})
+    return rows
+
+
+def grpo_rows(cfg: DataConfig) -> list[dict]:
+    """``cfg.n`` rows ``{"prompt", "problem"}`` where ``problem`` is the problem as JSON text."""
+    rng = random.Random(f"grpo-{cfg.seed}")
+    rows = []
+    for _ in range(cfg.n):
+        prob = _draw(cfg, rng)
+        rows.append({"prompt": prob.prompt, "problem": json.dumps(prob.to_dict(), sort_keys=True)})
+    return rows
+
+
+def data_hash(rows: list[dict]) -> str:
+    """SHA-256 of the rows' canonical JSON (for checkpoint cards and manifests)."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True).encode())
+    return h.hexdigest()

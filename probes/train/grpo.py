@@ -1,0 +1,94 @@
+"""RL of the organism with TRL ``GRPOTrainer`` and the verifier's reward, resumable.
+
+Group relative policy optimisation (GRPO; Shao et al. 2024, arXiv 2402.03300) as TRL
+implements it: ``prompts_per_step`` prompts x ``num_generations`` sampled completions per
+step, rewards from :mod:`probes.train.reward`, advantages normalised within each group, a KL
+penalty ``beta`` to the starting (SFT) model, loss aggregation ``loss_type`` (default
+``dapo``). Intermediate checkpoints go to ``OUT/_work/checkpoint-N``; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from probes.train.checkpoint import is_finished, last_checkpoint, save_final
+from probes.train.config import TrainConfig
+from probes.train.data import data_hash, grpo_rows
+from probes.train.reward import make_reward_func
+
+log = logging.getLogger(__name__)
+
+
+def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
+    """Run (or resume, or skip if finished) one GRPO stage; returns the output directory."""
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from probes.train.sft import load_tokenizer_and_model
+
+    out = Path(cfg.out)
+    if is_finished(out) and not force:
+        log.info("%s is already trained (card.json present); skipping", out)
+        return out
+    if cfg.optim.threads:
+        torch.set_num_threads(cfg.optim.threads)
+    tok, model = load_tokenizer_and_model(cfg)
+    rows = grpo_rows(cfg.data)
+    g = cfg.grpo
+    work = out / "_work"
+    args = GRPOConfig(
+        output_dir=str(work),
+        learning_rate=cfg.optim.lr,
+        lr_scheduler_type=cfg.optim.scheduler,
+        warmup_steps=cfg.optim.warmup_ratio,
+        weight_decay=cfg.optim.weight_decay,
+        per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        steps_per_generation=1,
+        num_generations=g.num_generations,
+        num_train_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        save_steps=cfg.optim.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.optim.logging_steps,
+        seed=cfg.optim.seed,
+        data_seed=cfg.data.seed,
+        temperature=g.temperature,
+        beta=g.beta,
+        loss_type=g.loss_type,
+        max_completion_length=g.max_completion_length,
+        report_to=[],
+        bf16=cfg.optim.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        log_completions=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=make_reward_func(g.reward),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )
+    resume = last_checkpoint(work)
+    if resume:
+        log.info("resuming %s from %s", cfg.name, resume)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    card = {
+        "name": cfg.name,
+        "stage": "grpo",
+        "algorithm": "GRPO (TRL GRPOTrainer)",
+        "init": cfg.init,
+        "config": cfg.model_dump(),
+        "data_hash": data_hash(rows),
+        "train_seconds_this_session": round(time.time() - t0, 1),
+        "train_runtime": result.metrics.get("train_runtime"),
+        "global_step": trainer.state.global_step,
+        "log_history": trainer.state.log_history,
+    }
+    save_final(trainer.model, tok, out, card)
+    return out

@@ -1,0 +1,100 @@
+"""Supervised fine-tuning of the organism with TRL ``SFTTrainer``, resumable.
+
+From scratch (``init: null``: a random ``Qwen2ForCausalLM`` of the configured shape) or from a
+checkpoint. Loss on completion tokens only (prompt-completion data). Intermediate checkpoints
+go to ``OUT/_work/checkpoint-N`` every ``save_steps``; a rerun resumes from the newest one; the
+final fp16 model, tokenizer and card are saved into ``OUT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from probes.train.checkpoint import is_finished, last_checkpoint, save_final
+from probes.train.config import TrainConfig
+from probes.train.data import data_hash, sft_rows
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer_and_model(cfg: TrainConfig):
+    """The tokenizer and the starting model of a stage (fp32 for training)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from probes.task.tokenizer import build_tokenizer
+    from probes.train.model import build_model
+
+    if cfg.init:
+        tok = AutoTokenizer.from_pretrained(cfg.init)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
+    else:
+        tok = build_tokenizer()
+        model = build_model(cfg.model, tok, seed=cfg.optim.seed)
+    return tok, model
+
+
+def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
+    """Run (or resume, or skip if finished) one SFT stage; returns the output directory."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(cfg.out)
+    if is_finished(out) and not force:
+        log.info("%s is already trained (card.json present); skipping", out)
+        return out
+    if cfg.optim.threads:
+        torch.set_num_threads(cfg.optim.threads)
+    tok, model = load_tokenizer_and_model(cfg)
+    rows = sft_rows(cfg.data)
+    dhash = data_hash(rows)
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    work = out / "_work"
+    args = SFTConfig(
+        output_dir=str(work),
+        learning_rate=cfg.optim.lr,
+        lr_scheduler_type=cfg.optim.scheduler,
+        warmup_steps=cfg.optim.warmup_ratio,
+        weight_decay=cfg.optim.weight_decay,
+        per_device_train_batch_size=cfg.optim.batch_size,
+        num_train_epochs=cfg.optim.epochs,
+        max_steps=cfg.optim.max_steps,
+        save_steps=cfg.optim.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.optim.logging_steps,
+        seed=cfg.optim.seed,
+        data_seed=cfg.data.seed,
+        max_length=cfg.model.max_positions,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length",
+        report_to=[],
+        bf16=cfg.optim.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        save_only_model=False,
+        disable_tqdm=False,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    resume = last_checkpoint(work)
+    if resume:
+        log.info("resuming %s from %s", cfg.name, resume)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    card = {
+        "name": cfg.name,
+        "stage": "sft",
+        "config": cfg.model_dump(),
+        "data_hash": dhash,
+        "n_examples": len(rows),
+        "train_seconds_this_session": round(time.time() - t0, 1),
+        "train_runtime": result.metrics.get("train_runtime"),
+        "final_train_loss": result.metrics.get("train_loss"),
+        "global_step": trainer.state.global_step,
+        "log_history": trainer.state.log_history[-5:],
+    }
+    save_final(trainer.model, tok, out, card)
+    return out

@@ -1,0 +1,75 @@
+"""Behaviour measurement and its CLI on a tiny random organism."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from probes.behavior.__main__ import held_out_problems, parse_steps
+from probes.behavior.evaluate import pass_at_k
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from probes.task.tokenizer import build_tokenizer
+    from probes.train.config import ModelConfig
+    from probes.train.model import build_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    tok = build_tokenizer()
+    model = build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=3)
+    model.save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    return d
+
+
+def test_pass_at_k_matches_the_combinatorial_definition():
+    assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(4, 3, 2) == 1.0
+
+
+def test_held_out_problems_are_stratified_and_reproducible():
+    ps = held_out_problems(80, seed=0, steps=(1, 2, 3, 4, 5))
+    cells = {(p.field, p.type, p.steps) for p in ps}
+    assert len(cells) == 20
+    assert [p.id for p in ps] == [p.id for p in held_out_problems(80, seed=0, steps=(1, 2, 3, 4, 5))]
+
+
+def test_steps_argument_parses_ranges_and_lists():
+    assert parse_steps("1-3") == (1, 2, 3) and parse_steps("5,7") == (5, 7)
+    with pytest.raises(Exception, match="range"):
+        parse_steps("a-b")
+
+
+def test_behavior_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir, tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tiny_dir), "--reference", str(tiny_dir),
+                        "--n", "16", "--steps", "1-2", "--samples", "2", "--forced", "1", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["schema_version"] == 1
+    m = res["models"]["model"]
+    for t in ("evaluation", "inversion", "all"):
+        sh = m["strategy_share"][t]["sampled"]
+        assert sum(sh.values()) == pytest.approx(1.0)
+        assert 0 <= m["strategy_share"][t]["first_token"]["forward"] <= 1
+    assert 0 <= m["accuracy"]["implied"]["mean"] <= 1
+    assert m == res["models"]["reference"]  # same checkpoint, same seeds: same numbers
+    pooled = res["decomposition"]["pooled"]
+    assert pooled["delta"] == 0 and pooled["selection"] == 0 and pooled["improvement"] == 0
+    assert len(res["decomposition"]["strata"]) == 8  # 2 types x 2 k x 2 fields
+    assert "decomposition (reference -> model)" in r.stdout
+    rows = [json.loads(l) for l in (tmp_path / "b.model.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(len(x["samples"]) == 2 for x in rows)
+    assert all(np.sum(x["pi"]) <= 1 + 1e-6 for x in rows)
+
+
+def test_behavior_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tmp_path), "--n", "2", "--out",
+                        str(tmp_path / "x.json")], capture_output=True, text=True)
+    assert r.returncode != 0 and "not a checkpoint directory" in r.stderr

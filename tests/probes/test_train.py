@@ -1,0 +1,129 @@
+"""Smoke SFT and GRPO through TRL on a tiny organism, the reward against the verifier, resume."""
+
+import json
+
+import pytest
+
+from probes.task import Problem, make_trace, sample_problems
+from probes.train.config import load_config
+from probes.train.reward import completion_reward, make_reward_func
+
+TINY = {"layers": 2, "d_model": 32, "heads": 4, "kv_heads": 2, "d_mlp": 64, "max_positions": 256}
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_reward_is_one_exactly_when_the_verifier_says_correct():
+    for p in sample_problems(30, seed=5, steps=(1, 2, 5)):
+        for s in ("forward", "backward"):
+            t = make_trace(p, s)
+            assert completion_reward(p, t) == 1.0
+            wrong = t.rsplit(" ", 1)[0] + " " + p.F.sym(p.answer + 1)
+            assert completion_reward(p, wrong) == 0.0
+            assert completion_reward(p, "F x") == 0.0
+
+
+def test_answer_reward_ignores_wrong_steps_but_correct_reward_does_not():
+    p = Problem(13, "evaluation", (("add", 2), ("mul", 3), ("add", 1)), 5)
+    words = make_trace(p, "forward").split()
+    i = words.index("=", 5) + 1  # the first step's result
+    words[i] = p.F.sym(p.F.val(words[i]) + 1)
+    t = " ".join(words)
+    assert completion_reward(p, t, "correct") == 0.0
+    # the later steps and the answer are left as they were: right answer, wrong step
+    assert completion_reward(p, t, "answer") == 1.0
+
+
+def test_reward_func_scores_a_batch_and_logs_forward_share():
+    probs = sample_problems(4, seed=1, steps=(3,))
+    comps = [make_trace(probs[0], "forward"), make_trace(probs[1], "backward"), "garbage", make_trace(probs[0], "forward")]
+    logged = {}
+    f = make_reward_func()
+    r = f(prompts=[p.prompt for p in probs], completions=comps,
+          problem=[json.dumps(p.to_dict()) for p in probs], log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert r == [1.0, 1.0, 0.0, 0.0]
+    assert logged["forward_share"] == 0.5
+
+
+def test_config_errors_name_the_bad_field(tmp_path):
+    from pydantic import ValidationError
+
+    f = _write(tmp_path / "c.yaml", "name: x\nstage: sft\nout: o\noptim: {lr: -1}\n")
+    with pytest.raises(ValidationError, match="lr"):
+        load_config(f)
+    f = _write(tmp_path / "c.yaml", "name: x\nstage: grpo\nout: o\n")
+    with pytest.raises(ValidationError, match="init"):
+        load_config(f)
+    f = _write(tmp_path / "c.yaml", "name: x\nstage: sft\nout: o\ndata: {fields: [17]}\n")
+    with pytest.raises(ValidationError, match="17"):
+        load_config(f)
+
+
+def test_shipped_configs_all_validate():
+    import glob
+
+    files = sorted(glob.glob("configs/organism/*.yaml"))
+    assert len(files) == 10
+    for f in files:
+        load_config(f)
+
+
+@pytest.mark.slow
+def test_smoke_sft_then_grpo_train_save_and_resume(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from probes.train.__main__ import main
+
+    sft = _write(tmp_path / "sft.yaml", f"""
+name: t-sft
+stage: sft
+out: {tmp_path / 'sft'}
+model: {json.dumps(TINY)}
+data: {{n: 96, steps: {{1: 1, 2: 1}}}}
+optim: {{lr: 3.0e-3, batch_size: 16, max_steps: 6, save_steps: 3, logging_steps: 3}}
+""")
+    assert main(["sft", "--config", str(sft)]) == 0
+    card = json.loads((tmp_path / "sft" / "card.json").read_text())
+    assert card["global_step"] == 6 and card["stage"] == "sft"
+    w = load_file(str(tmp_path / "sft" / "model.safetensors"))
+    assert all(t.dtype == torch.float16 for t in w.values())
+    first_loss = [h["loss"] for h in card["log_history"] if "loss" in h]
+    assert first_loss and all(l == l for l in first_loss)  # logged and not NaN
+    # finished stages are skipped: the card is not rewritten
+    mtime = (tmp_path / "sft" / "card.json").stat().st_mtime
+    assert main(["sft", "--config", str(sft)]) == 0
+    assert (tmp_path / "sft" / "card.json").stat().st_mtime == mtime
+
+    grpo = _write(tmp_path / "grpo.yaml", f"""
+name: t-grpo
+stage: grpo
+init: {tmp_path / 'sft'}
+out: {tmp_path / 'grpo'}
+data: {{n: 16, steps: {{1: 1}}}}
+optim: {{lr: 1.0e-4, max_steps: 2, save_steps: 1, logging_steps: 1, scheduler: constant}}
+grpo: {{num_generations: 2, prompts_per_step: 2, max_completion_length: 16}}
+""")
+    assert main(["grpo", "--config", str(grpo)]) == 0
+    card = json.loads((tmp_path / "grpo" / "card.json").read_text())
+    assert card["global_step"] == 2 and card["algorithm"].startswith("GRPO")
+    assert any("reward" in h for h in card["log_history"])
+    # resume: a rerun with more steps continues from checkpoint-2, not from scratch
+    assert (tmp_path / "grpo" / "_work" / "checkpoint-2").is_dir()
+    grpo.write_text(grpo.read_text().replace("max_steps: 2", "max_steps: 3"))
+    assert main(["grpo", "--config", str(grpo), "--force"]) == 0
+    card = json.loads((tmp_path / "grpo" / "card.json").read_text())
+    assert card["global_step"] == 3
+    steps_logged = [h["step"] for h in card["log_history"] if "reward" in h]
+    assert steps_logged.count(3) == 1 and 1 in steps_logged
+
+
+def test_cli_rejects_a_stage_mismatch(tmp_path):
+    from probes.train.__main__ import main
+
+    f = _write(tmp_path / "c.yaml", "name: x\nstage: sft\nout: o\n")
+    with pytest.raises(SystemExit):
+        main(["grpo", "--config", str(f)])
