@@ -49,6 +49,7 @@ class DataConfig(_Strict):
     strategies: dict[Literal["forward", "backward"], float] = {"forward": 0.5, "backward": 0.5}
     n: int = Field(100_000, ge=1, description="examples (SFT) or prompts (GRPO)")
     seed: int = 0
+    chat: bool = Field(False, description="wrap prompts and responses as chat messages (instruct models)")
 
     @field_validator("steps", "strategies")
     @classmethod
@@ -92,6 +93,7 @@ class GRPOSettings(_Strict):
     loss_type: str = "dapo"
     max_completion_length: int = Field(160, ge=8)
     reward: Literal["correct", "answer"] = "correct"
+    use_vllm: bool = Field(False, description="generate with vLLM (GPU machines where it is installed)")
 
 
 class TrainConfig(_Strict):

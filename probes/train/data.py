@@ -23,15 +23,24 @@ def _draw(cfg: DataConfig, rng: random.Random):
 
 
 def sft_rows(cfg: DataConfig) -> list[dict]:
-    """``cfg.n`` rows ``{"prompt", "completion", "id", "strategy", "steps"}`` (completion starts with a space)."""
+    """``cfg.n`` rows ``{"prompt", "completion", "id", "strategy", "steps"}``.
+
+    Plain text (the completion starts with a space) or, with ``cfg.chat``, chat messages that
+    TRL renders with the model's chat template (Qwen2.5-Instruct).
+    """
     rng = random.Random(f"sft-{cfg.seed}")
     strategies, sw = zip(*sorted(cfg.strategies.items()))
     rows = []
     for _ in range(cfg.n):
         prob = _draw(cfg, rng)
         s = rng.choices(strategies, weights=sw)[0]
-        rows.append({"prompt": prob.prompt, "completion": " " + make_trace(prob, s), "id": prob.id,
-                     "strategy": s, "steps": prob.steps})
+        trace = make_trace(prob, s)
+        if cfg.chat:
+            row = {"prompt": [{"role": "user", "content": prob.prompt}],
+                   "completion": [{"role": "assistant", "content": trace}]}
+        else:
+            row = {"prompt": prob.prompt, "completion": " " + trace}
+        rows.append({**row, "id": prob.id, "strategy": s, "steps": prob.steps})
     return rows
 
 
@@ -41,7 +50,8 @@ def grpo_rows(cfg: DataConfig) -> list[dict]:
     rows = []
     for _ in range(cfg.n):
         prob = _draw(cfg, rng)
-        rows.append({"prompt": prob.prompt, "problem": json.dumps(prob.to_dict(), sort_keys=True)})
+        prompt = [{"role": "user", "content": prob.prompt}] if cfg.chat else prob.prompt
+        rows.append({"prompt": prompt, "problem": json.dumps(prob.to_dict(), sort_keys=True)})
     return rows
 
 

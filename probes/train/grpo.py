@@ -65,6 +65,7 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
         dataloader_num_workers=0,
         disable_tqdm=False,
         log_completions=False,
+        use_vllm=g.use_vllm,
     )
     trainer = GRPOTrainer(
         model=model,

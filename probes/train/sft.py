@@ -29,7 +29,10 @@ def load_tokenizer_and_model(cfg: TrainConfig):
 
     if cfg.init:
         tok = AutoTokenizer.from_pretrained(cfg.init)
-        model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=torch.float32)
+        dtype = torch.bfloat16 if cfg.optim.bf16 and torch.cuda.is_available() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=dtype)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
     else:
         tok = build_tokenizer()
         model = build_model(cfg.model, tok, seed=cfg.optim.seed)
@@ -52,6 +55,8 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
     rows = sft_rows(cfg.data)
     dhash = data_hash(rows)
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    if cfg.init and not cfg.data.chat and getattr(tok, "chat_template", None):
+        log.warning("%s has a chat template but data.chat is false: prompts are fed as plain text", cfg.init)
     work = out / "_work"
     args = SFTConfig(
         output_dir=str(work),

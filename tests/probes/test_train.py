@@ -65,8 +65,8 @@ def test_config_errors_name_the_bad_field(tmp_path):
 def test_shipped_configs_all_validate():
     import glob
 
-    files = sorted(glob.glob("configs/organism/*.yaml"))
-    assert len(files) == 10
+    files = sorted(glob.glob("configs/**/*.yaml", recursive=True))
+    assert len(files) == 13
     for f in files:
         load_config(f)
 

@@ -1,0 +1,158 @@
+"""``python -m probes.behavior.grid``: behaviour of every organism checkpoint, cards, the grid table.
+
+For each checkpoint under ``--root`` (SFT regimes ``sft-{fb,f,b}`` and RL runs
+``rl-{regime}-{same,hard}``) it measures behaviour on the same held-out problems (RL runs
+against their SFT parent, which adds the decomposition), writes ``behavior.json`` and a card
+``README.md`` into the checkpoint, and prints the paper's grid with the two claims checked:
+
+- *diverse SFT enables selection*: the selection term is larger after FB SFT than after
+  single-strategy SFT;
+- *harder RL data enables improvement*: the improvement term is larger with the harder RL data
+  than with same-difficulty RL data.
+
+A checkpoint whose ``behavior.json`` was measured on the same weights (hash) and settings is
+not measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from probes.task.jsonl import atomic_write_text
+
+REGIMES = {"fb": "FB mixture", "f": "forward-only", "b": "backward-only"}
+RL_DATA = {"same": "same difficulty", "hard": "harder"}
+
+
+def weights_hash(ckpt: Path) -> str:
+    h = hashlib.sha256()
+    with open(ckpt / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fmt_ci(node: dict, key: str) -> str:
+    lo, hi = node[f"{key}_ci"]
+    return f"{node[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def card_markdown(name: str, card: dict, beh: dict) -> str:
+    """The checkpoint card: what it is, how it was trained, its behaviour table."""
+    from probes.behavior.__main__ import format_table
+
+    cfg = card.get("config", {})
+    lines = [f"# {name}", "", f"- stage: {card.get('stage')} ({card.get('algorithm', 'TRL SFTTrainer')})"]
+    if card.get("init"):
+        lines.append(f"- starts from: `{card['init']}`")
+    lines += [
+        f"- model: Qwen2ForCausalLM {json.dumps(cfg.get('model'))}",
+        f"- data: {json.dumps(cfg.get('data'))}",
+        f"- optimiser: {json.dumps(cfg.get('optim'))}",
+        f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
+        f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps",
+        f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '')[:16]}...`",
+        "",
+        "## Behaviour",
+        "",
+        f"Held-out problems: {beh['settings'].get('n')} (k = {beh['settings'].get('steps')}), "
+        f"{beh['settings'].get('n_samples')} samples at T = 1 and {beh['settings'].get('n_forced')} forced samples per strategy each.",
+        "",
+        "```",
+        format_table(beh),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def grid_table(root: Path) -> tuple[str, dict]:
+    """The grid across checkpoints (markdown) and the claims check (dict)."""
+    rows = ["| checkpoint | acc T=1 | P(F) eval | P(F) inv | a(F) inv | a(B) eval | delta | selection | improvement |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    found: dict = {}
+    for reg in REGIMES:
+        for rl in (None, *RL_DATA):
+            name = f"sft-{reg}" if rl is None else f"rl-{reg}-{rl}"
+            f = root / name / "behavior.json"
+            if not f.exists():
+                continue
+            b = json.loads(f.read_text())
+            m = b["models"]["model"]
+            sh = m["strategy_share"]
+            fa = m["forced_accuracy"]
+            cells = [name, f"{m['accuracy']['sampled']['mean']:.3f}",
+                     f"{sh['evaluation']['sampled']['forward']:.2f}", f"{sh['inversion']['sampled']['forward']:.2f}",
+                     f"{fa['inversion']['forward']['mean']:.2f}", f"{fa['evaluation']['backward']['mean']:.2f}"]
+            if "decomposition" in b:
+                p = b["decomposition"]["pooled"]
+                cells += [_fmt_ci(p, "delta"), _fmt_ci(p, "selection"), _fmt_ci(p, "improvement")]
+                found[name] = p
+            else:
+                cells += ["", "", ""]
+            rows.append("| " + " | ".join(cells) + " |")
+    claims = {}
+    sel = {reg: found.get(f"rl-{reg}-hard", {}).get("selection") for reg in REGIMES}
+    if sel["fb"] is not None and (sel["f"] is not None or sel["b"] is not None):
+        singles = [v for k, v in sel.items() if k != "fb" and v is not None]
+        claims["diverse_sft_enables_selection"] = {
+            "selection_fb": sel["fb"], "selection_single": singles, "holds": sel["fb"] > max(singles)}
+    imp = {(reg, rl): found.get(f"rl-{reg}-{rl}", {}).get("improvement") for reg in REGIMES for rl in RL_DATA}
+    pairs = [(reg, imp[(reg, "hard")], imp[(reg, "same")]) for reg in REGIMES
+             if imp[(reg, "hard")] is not None and imp[(reg, "same")] is not None]
+    if pairs:
+        claims["harder_rl_enables_improvement"] = {
+            reg: {"improvement_hard": h, "improvement_same": s, "holds": h > s} for reg, h, s in pairs}
+    return "\n".join(rows), claims
+
+
+def main(argv: list[str] | None = None) -> int:
+    from probes.behavior.__main__ import held_out_problems, parse_steps, run_behavior
+    from probes.behavior.evaluate import BehaviorSettings
+
+    ap = argparse.ArgumentParser(prog="python -m probes.behavior.grid", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default="checkpoints/organism")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--steps", type=parse_steps, default=parse_steps("1-10"))
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--forced", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", help="checkpoint names to measure (default: all present)")
+    ap.add_argument("--table-only", action="store_true", help="print the grid from existing behavior.json files")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    root = Path(args.root)
+    if not args.table_only:
+        problems = held_out_problems(args.n, args.seed, args.steps)
+        settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, seed=args.seed)
+        for ckpt in sorted(p for p in root.iterdir() if (p / "card.json").exists()):
+            if args.only and ckpt.name not in args.only:
+                continue
+            card = json.loads((ckpt / "card.json").read_text())
+            whash = weights_hash(ckpt)
+            key = {"n": args.n, "steps": list(args.steps), "problem_seed": args.seed}
+            out = ckpt / "behavior.json"
+            if out.exists():
+                old = json.loads(out.read_text())
+                if old.get("weights_sha256") == whash and all(old["settings"].get(k) == v for k, v in key.items()):
+                    logging.info("%s: behaviour up to date", ckpt.name)
+                    continue
+            ref = card.get("init") if card.get("stage") == "grpo" else None
+            res = run_behavior(str(ckpt), ref, problems, settings)
+            res["settings"].update(key)
+            res["weights_sha256"] = whash
+            atomic_write_text(out, json.dumps(res, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(ckpt / "README.md", card_markdown(ckpt.name, card, res))
+    table, claims = grid_table(root)
+    print(table)
+    print(json.dumps(claims, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The run folder: one directory per run, written stage by stage, atomically, resumably.
+
+Layout (DESIGN.md, "The run folder")::
+
+    runs/NAME/
+      config.yaml          the resolved run config
+      manifest.json        checkpoint weight hashes, tokenizer hash, dataset hash, versions, seed
+      problems.jsonl       the held-out problems (stable ids)
+      behavior/            per-model responses and behaviour.json with the decomposition
+      store/pre, store/post  activation stores (activations.store)
+      probes/              probes.json and figures
+      patching/            patching.json and heatmaps
+      results.json         every number of the report (schema_version)
+      report.md, report.html, figures/*.png
+      stages/NAME.json     one marker per finished stage: its input hash and outputs
+
+A stage is finished when its marker exists with the same input hash; rerunning a run skips
+finished stages and redoes an interrupted one (whose own outputs resume where they support it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from probes.task.jsonl import atomic_write_text
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of an object's canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically; NaN and infinities are refused (they are not JSON)."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a corrupt file raises ``ValueError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is corrupt ({e.msg} at line {e.lineno}); delete it to recompute") from None
+
+
+class RunFolder:
+    """Paths and stage bookkeeping of one run folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "stages").mkdir(exist_ok=True)
+        (self.root / "figures").mkdir(exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def _marker(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def is_done(self, stage: str, input_hash: str) -> bool:
+        """True when ``stage`` finished with this input hash (and its marker is readable)."""
+        m = self._marker(stage)
+        if not m.exists():
+            return False
+        try:
+            return read_json(m).get("input_hash") == input_hash
+        except ValueError:
+            return False
+
+    def mark_done(self, stage: str, input_hash: str, seconds: float, outputs: dict | None = None) -> None:
+        write_json(self._marker(stage), {"stage": stage, "input_hash": input_hash, "seconds": round(seconds, 2),
+                                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                         "outputs": outputs or {}})
+
+    def stage_info(self, stage: str) -> dict | None:
+        m = self._marker(stage)
+        return read_json(m) if m.exists() else None
+
+    def invalidate(self, stage: str) -> None:
+        self._marker(stage).unlink(missing_ok=True)
