@@ -42,12 +42,14 @@ def held_out_problems(n: int, seed: int, steps: tuple[int, ...], fields=(11, 13)
 
 def load_model(path: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from activations.load import load_tokenizer
 
     p = Path(path)
     if not (p / "config.json").exists():
         raise SystemExit(f"error: {path} is not a checkpoint directory (no config.json)")
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tok
 

@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 def load_tokenizer_and_model(cfg: TrainConfig):
     """The tokenizer and the starting model of a stage (fp32 for training)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from activations.load import load_tokenizer
 
     from probes.task.tokenizer import build_tokenizer
     from probes.train.model import build_model
 
     if cfg.init:
-        tok = AutoTokenizer.from_pretrained(cfg.init)
+        tok = load_tokenizer(cfg.init)
         dtype = torch.bfloat16 if cfg.optim.bf16 and torch.cuda.is_available() else torch.float32
         model = AutoModelForCausalLM.from_pretrained(cfg.init, dtype=dtype)
         if tok.pad_token is None:

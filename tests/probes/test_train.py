@@ -66,7 +66,7 @@ def test_shipped_configs_all_validate():
     import glob
 
     files = sorted(glob.glob("configs/**/*.yaml", recursive=True))
-    assert len(files) == 13
+    assert len(files) == 14
     for f in files:
         load_config(f)
 

@@ -1,0 +1,187 @@
+"""Token batches: prompts (with optional teacher-forced responses) tokenized and padded.
+
+The model input of a problem is its prompt, or ``prompt + " " + response`` when a response is
+teacher-forced. Padding is explicit and on either side; the attention mask and the position ids
+(``cumsum(mask) - 1``, as ``generate`` computes them) make every real token see exactly what it
+would see unpadded, so activations at a token do not depend on the batch it was run in.
+
+Token positions are located from character offsets (``return_offsets_mapping``), never by
+counting words, so they are right for the task's word-level tokenizer and for byte-level BPE
+tokenizers like Qwen's alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from probes.task.traces import step_positions, word_char_offsets
+
+PADDING_SIDES = ("left", "right")
+
+
+class PositionError(ValueError):
+    """A position that cannot be located in a tokenized input; the message names the input."""
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch of model inputs.
+
+    Attributes:
+        input_ids: ``Int[Tensor, "batch pos"]`` token ids, pad id at pad tokens.
+        attention_mask: ``Int[Tensor, "batch pos"]`` 1 at real tokens, 0 at pads.
+        position_ids: ``Int[Tensor, "batch pos"]`` position of each real token in its own
+            sequence (0 at its first token); 1 at pads.
+        lengths: ``Int[Tensor, "batch"]`` number of real tokens of each input.
+        pad_offset: ``Int[Tensor, "batch"]`` column of each input's first real token (its
+            number of left pads; 0 under right padding).
+        prompt_end: ``Int[Tensor, "batch"]`` index (within the unpadded input) of the last
+            prompt token: the token whose logits predict the first response token.
+        steps: per input, the indices (within the unpadded input) of the token of each step's
+            ``=`` in the teacher-forced response (:func:`probes.task.traces.step_positions`);
+            empty for inputs without a response.
+        has_response: per input, whether a response was teacher-forced.
+        keys: per input, its row key (a problem id) for error messages and stores.
+        padding_side: ``"left"`` or ``"right"``.
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    position_ids: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+    pad_offset: Int[Tensor, " batch"]
+    prompt_end: Int[Tensor, " batch"]
+    steps: list[list[int]]
+    has_response: list[bool]
+    keys: list[str]
+    padding_side: str
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def column(self, row: int, index: int) -> int:
+        """The padded column of token ``index`` (within the unpadded input ``row``)."""
+        return int(self.pad_offset[row]) + index
+
+    def model_inputs(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask`` and ``position_ids``, on ``device``."""
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+               "position_ids": self.position_ids}
+        if device is not None:
+            out = {k: v.to(device) for k, v in out.items()}
+        return out
+
+
+def model_text(prompt: str, response: str | None) -> str:
+    """The text the model reads: the prompt, then a space and the response if there is one."""
+    return prompt if response is None else f"{prompt} {response}"
+
+
+def _token_at(offsets: list[tuple[int, int]], char: int) -> int | None:
+    for i, (start, end) in enumerate(offsets):
+        if start <= char < end:
+            return i
+    return None
+
+
+def _locate(key: str, prompt: str, response: str | None, offsets: list[tuple[int, int]]) -> tuple[int, list[int]]:
+    n = len(prompt)
+    prompt_tokens = [i for i, (s, e) in enumerate(offsets) if e > s and s < n]
+    if not prompt_tokens:
+        raise PositionError(f"{key}: the prompt tokenizes to no tokens; prompt_end is undefined")
+    end = prompt_tokens[-1]
+    if response is not None and offsets[end][1] > n + 1:
+        raise PositionError(
+            f"{key}: the last prompt token {offsets[end]} also covers response text, so "
+            "prompt_end is undefined for this tokenizer; end prompts with a separate token"
+        )
+    steps: list[int] = []
+    if response is not None:
+        base = n + 1
+        words = word_char_offsets(response)
+        for w in step_positions(response):
+            tok = _token_at(offsets, base + words[w][0])
+            if tok is None:
+                raise PositionError(f"{key}: no token covers response word {w} ({response.split()[w]!r})")
+            steps.append(tok)
+    return end, steps
+
+
+def encode_batch(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str | None] | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    padding_side: str = "left",
+) -> TokenBatch:
+    """Tokenize and pad prompts (and teacher-forced responses) into a :class:`TokenBatch`.
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer (offset mappings are required). Its special
+            tokens are added as it adds them by default (none for Qwen and the task tokenizer).
+        prompts: ``batch`` prompt strings.
+        responses: ``batch`` responses (None where there is none), or None for no responses.
+        keys: ``batch`` row keys used in error messages (default: ``"input {i}"``).
+        padding_side: ``"left"`` (default, as for generation) or ``"right"``.
+
+    Returns:
+        A :class:`TokenBatch` on the CPU.
+
+    Raises:
+        ValueError: an unknown padding side, or lengths of the arguments differ.
+        PositionError: a prompt with no tokens, or a prompt/response boundary inside a token.
+    """
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"unknown padding side {padding_side!r}: use one of {list(PADDING_SIDES)}")
+    n = len(prompts)
+    if responses is None:
+        responses = [None] * n
+    keys = [f"input {i}" for i in range(n)] if keys is None else list(keys)
+    if len(responses) != n or len(keys) != n:
+        raise ValueError(f"{n} prompts but {len(responses)} responses and {len(keys)} keys")
+    if n == 0:
+        raise ValueError("an empty batch: pass at least one prompt")
+    texts = [model_text(p, r) for p, r in zip(prompts, responses)]
+    enc = tokenizer(texts, return_offsets_mapping=True, padding=False, truncation=False)
+    ids_list: list[list[int]] = enc["input_ids"]
+    lengths = [len(x) for x in ids_list]
+    width = max(lengths)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    input_ids = torch.full((n, width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    pad_offset = torch.zeros(n, dtype=torch.long)
+    ends, steps = [], []
+    for b in range(n):
+        off = width - lengths[b] if padding_side == "left" else 0
+        pad_offset[b] = off
+        input_ids[b, off:off + lengths[b]] = torch.tensor(ids_list[b], dtype=torch.long)
+        mask[b, off:off + lengths[b]] = 1
+        end, st = _locate(keys[b], prompts[b], responses[b], enc["offset_mapping"][b])
+        ends.append(end)
+        steps.append(st)
+    position_ids = mask.cumsum(-1) - 1
+    position_ids.masked_fill_(mask == 0, 1)
+    return TokenBatch(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        lengths=torch.tensor(lengths, dtype=torch.long),
+        pad_offset=pad_offset,
+        prompt_end=torch.tensor(ends, dtype=torch.long),
+        steps=steps,
+        has_response=[r is not None for r in responses],
+        keys=keys,
+        padding_side=padding_side,
+    )

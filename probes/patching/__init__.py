@@ -1,0 +1,52 @@
+"""Activation patching: cross-model (routing vs execution), counterfactual, attribution, verdict.
+
+Built on the backends of :mod:`activations.backends` (nnsight by default): every patched forward
+pass is one :meth:`~activations.backends.base.Backend.run` with
+:class:`~activations.backends.base.Patch` writes, and sweeps put many patch configurations into
+one pass by repeating the batch (:mod:`~probes.patching.sweep`).
+
+Modules, one idea each:
+
+- :mod:`~probes.patching.metrics`: the routing metric (strategy logit difference, nats) and the
+  execution metric (log-probability of correct step tokens, nats/token);
+- :mod:`~probes.patching.cells`: what one patch configuration writes where;
+- :mod:`~probes.patching.donor`: the donor's activations;
+- :mod:`~probes.patching.sweep`: batched (and looped) sweeps over cells;
+- :mod:`~probes.patching.recovery` and :mod:`~probes.patching.bootstrap`: fraction of the gap
+  recovered, undefined (never NaN) when donor and recipient agree, with bootstrap CIs;
+- :mod:`~probes.patching.cmap`: cross-model activation patching (Prakash et al. 2024,
+  arXiv 2402.14811), routing and execution recovery curves in both directions;
+- :mod:`~probes.patching.counterfactual`: within-model denoising and noising heatmaps on
+  symmetric eval/inv pairs (Heimersheim and Nanda 2024, arXiv 2404.15255);
+- :mod:`~probes.patching.attribution`: attribution patching (AtP; Kramar et al. 2024,
+  arXiv 2403.00745), its agreement with exact patching, exact confirmation of top hits;
+- :mod:`~probes.patching.behaviour`: greedy generation with a patch held at every step;
+- :mod:`~probes.patching.verdict`: selection / improvement / both / neither, by a documented rule;
+- :mod:`~probes.patching.figures`: the figures; :mod:`~probes.patching.config` and
+  :mod:`~probes.patching.pipeline`: ``python -m probes.patch``.
+
+See Zhang and Nanda 2023 (arXiv 2309.16042) for the choices a patching experiment makes (metric,
+corruption, normalisation): logit differences rather than probabilities, symmetric token
+replacement rather than noise, and normalisation to the clean/corrupt (donor/recipient) gap.
+"""
+
+from probes.patching.attribution import Attribution, agreement, attribution_patching, confirm_top_hits
+from probes.patching.cells import Cell, grid_cells, layer_cells
+from probes.patching.cmap import CurveResult, cmap, cross_model_patching, execution_inputs, routing_inputs
+from probes.patching.counterfactual import Heatmap, counterfactual_patching, pair_inputs
+from probes.patching.donor import Donor
+from probes.patching.metrics import StepLogProb, StrategyLogitDiff
+from probes.patching.recovery import Recovery, recoveries, recovery
+from probes.patching.sweep import baseline, sweep
+from probes.patching.verdict import VerdictRule, decide
+
+__all__ = [
+    "Attribution", "agreement", "attribution_patching", "confirm_top_hits",
+    "Cell", "grid_cells", "layer_cells",
+    "CurveResult", "cmap", "cross_model_patching", "execution_inputs", "routing_inputs",
+    "Heatmap", "counterfactual_patching", "pair_inputs",
+    "Donor", "StepLogProb", "StrategyLogitDiff",
+    "Recovery", "recoveries", "recovery",
+    "baseline", "sweep",
+    "VerdictRule", "decide",
+]

@@ -1,0 +1,192 @@
+"""The behavioural check of a cross-model patch: greedy generation with the patch held at every
+step; strategy share and accuracy.
+
+A recovery curve says how far a patch moves one logit. This check says whether it moves what the
+model *does*: the recipient generates greedily while, at every decoding step, its activations at
+the patched sites and positions are replaced by the donor's on the same text so far:
+
+- ``prompt``: the donor's activations at every prompt token (read once: the prompt does not
+  change), so the recipient decides and executes on the donor's reading of the problem (routing);
+- ``response``: the donor's activations at every generated token (the donor runs on the text
+  generated so far at each step), so the recipient's own reading of the prompt decides and the
+  donor's circuits carry the trace (execution);
+- ``all``: both.
+
+Each step recomputes the whole sequence (no KV cache), so the patch is applied to every token of
+every step exactly as a one-shot patch would apply it. Cost: ``max_new_tokens`` forward passes of
+the recipient (and as many of the donor for ``response``/``all``) per batch.
+
+The responses are labelled (:func:`probes.task.label`) and verified (:func:`probes.task.verify`);
+:func:`behaviour_summary` gives the forward-strategy share and the accuracy with bootstrap CIs and
+their recovery (0 = recipient unpatched, 1 = donor) with 0/1 per-problem metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from activations.batch import TokenBatch, encode_batch
+from activations.positions import PositionIndex
+from probes.patching.bootstrap import mean_ci
+from probes.patching.cells import Cell
+from probes.patching.donor import Donor
+from probes.patching.recovery import recovery
+from probes.patching.sweep import cell_patches
+from probes.task.problems import Problem
+from probes.task.verify import label, verify
+
+HELD_POSITIONS: tuple[str, ...] = ("prompt", "response", "all")
+"""Where a behavioural patch can be held."""
+ZERO_ONE_TOL = 1e-9
+"""Gap tolerance for 0/1 per-problem metrics: any problem on which donor and recipient differ is a gap."""
+
+
+def extend_batch(batch: TokenBatch, new_ids: torch.Tensor) -> TokenBatch:
+    """``batch`` with one token appended to every row (left-padded batches only).
+
+    Args:
+        new_ids: ``Int[Tensor, "batch"]`` the token appended to each row.
+
+    Raises:
+        ValueError: a right-padded batch (its rows do not all end at the last column).
+    """
+    if batch.padding_side != "left":
+        raise ValueError("generation extends left-padded batches only (encode with padding_side='left')")
+    ids = torch.cat([batch.input_ids, new_ids.reshape(-1, 1).to(batch.input_ids.dtype)], 1)
+    mask = torch.cat([batch.attention_mask, torch.ones(len(batch), 1, dtype=batch.attention_mask.dtype)], 1)
+    pos = mask.cumsum(-1) - 1
+    pos.masked_fill_(mask == 0, 1)
+    return replace(batch, input_ids=ids, attention_mask=mask, position_ids=pos, lengths=batch.lengths + 1,
+                   has_response=[True] * len(batch))
+
+
+def patched_generate(
+    recipient: Any,
+    donor: Any | None,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    sites: Sequence[str] = (),
+    positions: str = "prompt",
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    desc: str | None = None,
+    return_ids: bool = False,
+) -> list[str] | list[list[int]]:
+    """Greedy responses of the recipient with the donor's activations held at ``sites`` and
+    ``positions`` at every step (no sites or no donor: the recipient alone).
+
+    Args:
+        recipient, donor: backends (``donor`` may be None when ``sites`` is empty).
+        tokenizer: the shared tokenizer (its ``eos_token_id`` ends a response).
+        prompts: ``N`` prompts.
+        sites: canonical site names to hold (e.g. ``["blocks.3.hook_resid_post"]``).
+        positions: one of :data:`HELD_POSITIONS`.
+        max_new_tokens: decoding budget per response.
+        batch_size: prompts per batch.
+        desc: progress bar label (None: no bar).
+        return_ids: return the generated token ids (up to and including ``eos``) instead of text.
+
+    Returns:
+        ``N`` response texts (special tokens removed, words joined by single spaces), or ``N``
+        lists of token ids with ``return_ids``.
+
+    Raises:
+        ValueError: an unknown ``positions``, or sites without a donor.
+    """
+    if positions not in HELD_POSITIONS:
+        raise ValueError(f"unknown held positions {positions!r}: use one of {list(HELD_POSITIONS)}")
+    if sites and donor is None:
+        raise ValueError("patched generation with sites needs a donor backend")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    out: list[str] = []
+    ids_out: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    bar = tqdm(total=len(prompts) * max_new_tokens, desc=desc, disable=desc is None, leave=False, unit="tok")
+    try:
+        for s in starts:
+            chunk = list(prompts[s:s + batch_size])
+            batch = encode_batch(tokenizer, chunk, padding_side="left")
+            prompt_donor = Donor.read(donor, batch, list(sites)) if sites and positions in ("prompt", "all") else None
+            done = torch.zeros(len(batch), dtype=torch.bool)
+            gen: list[list[int]] = [[] for _ in chunk]
+            for _ in range(max_new_tokens):
+                patches = []
+                if sites:
+                    if positions == "prompt":
+                        patches = cell_patches([Cell(tuple(sites), "prompt")], batch, prompt_donor)
+                    elif batch.has_response[0]:
+                        live = Donor.read(donor, batch, list(sites))
+                        patches = cell_patches([Cell(tuple(sites), positions)], batch, live)
+                    elif positions == "all":
+                        patches = cell_patches([Cell(tuple(sites), "prompt")], batch, prompt_donor)
+                last = torch.full((len(batch),), batch.seq_len - 1, dtype=torch.long)
+                at = PositionIndex(rows=torch.arange(len(batch)), cols=last, positions=batch.lengths - 1,
+                                   labels=["last"] * len(batch))
+                logits = recipient.run(batch, patches=patches, logits=at).logits
+                nxt = logits.float().argmax(-1).cpu()
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                for b in range(len(batch)):
+                    if not done[b]:
+                        gen[b].append(int(nxt[b]))
+                done |= nxt == eos
+                bar.update(len(batch))
+                if bool(done.all()):
+                    break
+                batch = extend_batch(batch, nxt)
+            out += [tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen]
+            ids_out += gen
+    finally:
+        bar.close()
+    if return_ids:
+        return ids_out
+    return [" ".join(t.split()) for t in out]
+
+
+def behaviour_rows(problems: Sequence[Problem], responses: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-problem 0/1 arrays: ``forward``, ``backward``, ``unparseable`` (the label) and
+    ``correct`` (the verifier's verdict)."""
+    labels = [label(r) for r in responses]
+    return {
+        "forward": np.array([x == "forward" for x in labels], dtype=np.float64),
+        "backward": np.array([x == "backward" for x in labels], dtype=np.float64),
+        "unparseable": np.array([x not in ("forward", "backward") for x in labels], dtype=np.float64),
+        "correct": np.array([verify(p, r).correct for p, r in zip(problems, responses)], dtype=np.float64),
+    }
+
+
+def behaviour_summary(
+    problems: Sequence[Problem],
+    recipient: Sequence[str],
+    donor: Sequence[str],
+    patched: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Strategy shares and accuracy of the three generations, with CIs, and their recoveries.
+
+    Returns:
+        ``{"recipient", "donor", "patched"}`` each ``{"forward_share", "backward_share",
+        "unparseable_share", "accuracy"}`` as ``{"mean", "ci", "n"}`` (fractions of problems),
+        and ``"recovery": {"forward_share", "accuracy"}`` (:class:`Recovery` dicts over 0/1
+        per-problem values; undefined when the donor and recipient behave alike on every problem).
+    """
+    rows = {k: behaviour_rows(problems, v) for k, v in (("recipient", recipient), ("donor", donor), ("patched", patched))}
+    out: dict[str, Any] = {}
+    for who, r in rows.items():
+        out[who] = {f"{k}_share" if k != "correct" else "accuracy": mean_ci(v, n_boot=n_boot, seed=seed)
+                    for k, v in r.items()}
+    out["recovery"] = {
+        name: recovery(rows["patched"][k], rows["recipient"][k], rows["donor"][k], n_boot=n_boot, seed=seed,
+                       tol=ZERO_ONE_TOL).to_dict()
+        for name, k in (("forward_share", "forward"), ("accuracy", "correct"))
+    }
+    return out
+

@@ -1,0 +1,219 @@
+"""Counterfactual patching within one model: layer x position heatmaps of the normalised logit
+difference on symmetric pairs.
+
+A pair is a problem (*clean*) and its twin (:meth:`probes.task.problems.Problem.twin`, the
+*corrupt* input): the same chain posed as the other type. The two prompts have the same number of
+tokens and differ in exactly three words at the same positions (symmetric token replacement,
+Heimersheim and Nanda 2024, arXiv 2404.15255, sec. 2), so every position of one has a
+counterpart at the same index in the other.
+
+- **denoising**: run the corrupt prompt, patch one (hook, layer, position) from the clean run;
+  a cell that restores the clean behaviour is *sufficient*;
+- **noising**: run the clean prompt, patch one cell from the corrupt run; a cell that destroys the
+  clean behaviour is *necessary*.
+
+The metric is the strategy logit difference at ``prompt_end`` (nats), and every cell is reported
+as the normalised logit difference (:mod:`probes.patching.recovery`, with recipient = corrupt and
+donor = clean, in both modes): ``0`` = the corrupt run, ``1`` = the clean run. Denoising cells
+near 1 and noising cells near 0 are where the problem type is carried to the strategy decision.
+
+All problems of one heatmap must have prompts of the same token length (sample them with one
+number of steps), so that position ``p`` is the same word role in every prompt.
+
+Example::
+
+    >>> hm = counterfactual_patching(backend, tok, problems, ["hook_resid_pre"], "denoising")  # doctest: +SKIP
+    >>> hm.grid("hook_resid_pre").shape                                                       # doctest: +SKIP
+    (4, 19)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from jaxtyping import Float
+from torch import Tensor
+
+from activations.batch import TokenBatch, encode_batch
+from probes.patching.cells import Cell, grid_cells
+from probes.patching.donor import Donor
+from probes.patching.metrics import StrategyLogitDiff
+from probes.patching.recovery import DEFAULT_TOL, Recovery, recoveries
+from probes.patching.sweep import DEFAULT_MAX_ROWS, baseline, sweep
+from probes.task.problems import Problem
+
+MODES: tuple[str, ...] = ("denoising", "noising")
+
+
+class PairError(ValueError):
+    """Counterfactual pairs that do not align (different token lengths); the message says why."""
+
+
+@dataclass
+class PairInputs:
+    """The clean and corrupt batches of a set of pairs, and their position labels.
+
+    Attributes:
+        clean, corrupt: ``N`` prompts each, aligned row by row and position by position.
+        n_positions: tokens per prompt (``T``).
+        position_labels: ``T`` labels, the clean token, or ``"clean/corrupt"`` of the first pair
+            where the two differ.
+        groups: ``N`` problem ids.
+    """
+
+    clean: TokenBatch
+    corrupt: TokenBatch
+    n_positions: int
+    position_labels: list[str]
+    groups: list[str]
+
+
+def pair_inputs(tokenizer: Any, problems: Sequence[Problem]) -> PairInputs:
+    """Encode the clean prompts of ``problems`` and their twins.
+
+    Raises:
+        PairError: prompts of different token lengths (across problems or within a pair).
+        ValueError: no problems.
+    """
+    if not problems:
+        raise ValueError("counterfactual patching needs at least one problem")
+    keys = [p.id for p in problems]
+    clean = encode_batch(tokenizer, [p.prompt for p in problems], keys=keys)
+    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in problems], keys=[p.twin().id for p in problems])
+    lens = set(clean.lengths.tolist()) | set(corrupt.lengths.tolist())
+    if len(lens) != 1:
+        raise PairError(
+            f"counterfactual heatmaps need prompts of one token length, got lengths {sorted(lens)}: "
+            "sample the problems with a single number of steps"
+        )
+    t = lens.pop()
+    a = tokenizer.convert_ids_to_tokens(clean.input_ids[0].tolist())
+    b = tokenizer.convert_ids_to_tokens(corrupt.input_ids[0].tolist())
+    labels = [x if x == y else f"{x}/{y}" for x, y in zip(a, b)]
+    return PairInputs(clean=clean, corrupt=corrupt, n_positions=t, position_labels=labels, groups=keys)
+
+
+@dataclass
+class Heatmap:
+    """Layer x position normalised logit differences of one model and mode.
+
+    Attributes:
+        mode: ``"denoising"`` or ``"noising"``.
+        hooks: swept block hooks.
+        n_layers, n_positions: the grid's shape per hook.
+        position_labels: ``n_positions`` token labels.
+        cells: ``K = len(hooks) * n_layers * n_positions`` cells (hook, layer, position order).
+        clean, corrupt: ``[N]`` logit differences of the unpatched clean and corrupt runs (nats).
+        patched: ``[K, N]`` logit differences of the patched runs (nats).
+        recoveries: ``K`` normalised logit differences (0 = corrupt, 1 = clean).
+        groups: ``N`` problem ids.
+    """
+
+    mode: str
+    hooks: list[str]
+    n_layers: int
+    n_positions: int
+    position_labels: list[str]
+    cells: list[Cell]
+    clean: Float[Tensor, " n"]
+    corrupt: Float[Tensor, " n"]
+    patched: Float[Tensor, "k n"]
+    recoveries: list[Recovery]
+    groups: list[str] = field(default_factory=list)
+
+    def grid(self, hook: str, what: str = "value") -> np.ndarray:
+        """``[n_layers, n_positions]`` of ``what`` (``value``, ``ci_lo`` or ``ci_hi``) for ``hook``;
+        NaN marks an undefined cell *in this array only* (for plotting); results keep None.
+
+        Raises:
+            KeyError: a hook that was not swept.
+        """
+        if hook not in self.hooks:
+            raise KeyError(f"hook {hook!r} was not swept; swept: {self.hooks}")
+        i = self.hooks.index(hook)
+        size = self.n_layers * self.n_positions
+        recs = self.recoveries[i * size:(i + 1) * size]
+
+        def pick(r: Recovery) -> float:
+            if what == "value":
+                return np.nan if r.value is None else r.value
+            if r.ci is None:
+                return np.nan
+            return r.ci[0] if what == "ci_lo" else r.ci[1]
+
+        return np.array([pick(r) for r in recs], dtype=np.float64).reshape(self.n_layers, self.n_positions)
+
+    @property
+    def defined(self) -> bool:
+        return bool(self.recoveries) and self.recoveries[0].defined
+
+    def to_dict(self) -> dict[str, Any]:
+        reason = None if self.defined else (self.recoveries[0].reason if self.recoveries else "no cells")
+        return {
+            "mode": self.mode,
+            "unit": "normalised logit difference (0 = corrupt, 1 = clean)",
+            "n": int(self.clean.shape[0]),
+            "clean_mean": float(self.clean.mean()),
+            "corrupt_mean": float(self.corrupt.mean()),
+            "gap_abs": self.recoveries[0].gap_abs if self.recoveries else None,
+            "undefined_reason": reason,
+            "position_labels": self.position_labels,
+            "grids": {h: {k: _nan_to_none(self.grid(h, k)) for k in ("value", "ci_lo", "ci_hi")}
+                      for h in self.hooks},
+        }
+
+
+def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
+    return [[None if not np.isfinite(x) else float(x) for x in row] for row in a]
+
+
+def counterfactual_patching(
+    backend: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    hooks: Sequence[str],
+    mode: str = "denoising",
+    *,
+    pairs: PairInputs | None = None,
+    tol: float = DEFAULT_TOL,
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    batched: bool = True,
+    desc: str | None = None,
+) -> Heatmap:
+    """A layer x position heatmap of one model on counterfactual pairs (see the module docstring).
+
+    Args:
+        backend: the model's backend.
+        tokenizer: its tokenizer.
+        problems: the clean problems (their twins are the corrupt inputs); one prompt length.
+        hooks: block hooks to sweep (``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``...).
+        mode: ``"denoising"`` (patch clean into corrupt) or ``"noising"`` (corrupt into clean).
+        pairs: :func:`pair_inputs` of the problems when the caller has them already.
+        tol, n_boot, seed, max_rows, batched: as :func:`probes.patching.cmap.cross_model_patching`.
+
+    Raises:
+        ValueError: an unknown mode.
+        PairError: prompts of different lengths.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown counterfactual mode {mode!r}: use one of {list(MODES)}")
+    pairs = pairs or pair_inputs(tokenizer, problems)
+    metric = StrategyLogitDiff(tokenizer)
+    n_layers = backend.dims.n_layers
+    cells = grid_cells(hooks, n_layers, pairs.n_positions)
+    sites = sorted({s for c in cells for s in c.sites})
+    recipient_batch, donor_batch = (pairs.corrupt, pairs.clean) if mode == "denoising" else (pairs.clean, pairs.corrupt)
+    plan = metric.plan(recipient_batch)
+    clean = baseline(backend, pairs.clean, metric)
+    corrupt = baseline(backend, pairs.corrupt, metric)
+    donor = Donor.read(backend, donor_batch, sites)
+    patched = sweep(backend, recipient_batch, cells, metric, donor, batched=batched, max_rows=max_rows,
+                    desc=desc or f"counterfactual {mode}", plan=plan)
+    recs = recoveries(patched, corrupt, clean, tol=tol, n_boot=n_boot, seed=seed, groups=pairs.groups)
+    return Heatmap(mode=mode, hooks=list(hooks), n_layers=n_layers, n_positions=pairs.n_positions,
+                   position_labels=pairs.position_labels, cells=cells, clean=clean, corrupt=corrupt,
+                   patched=patched, recoveries=recs, groups=pairs.groups)

@@ -1,0 +1,291 @@
+"""Patching metrics: what a patched forward pass is scored by, per problem, in nats.
+
+Two metrics, one per question (DESIGN.md, "Patching"):
+
+- :class:`StrategyLogitDiff` (routing): ``logit(F) - logit(B)`` at the last prompt token, the
+  position whose logits predict the first response token, which names the strategy. Nats; > 0
+  favours forward. Only the prompt matters (the model is causal), so routing batches hold prompts
+  alone.
+- :class:`StepLogProb` (execution): on a teacher-forced trace of a fixed strategy, the mean
+  log-probability (nats per token, <= 0) of the *correct* result tokens of every step and of the
+  answer. A step's result is predicted at its ``=`` (value steps and the two solve steps of a map
+  trace: the word after ``=``); a map step ``op c = m M b B`` has two results, ``M`` and ``B``,
+  predicted at the words ``m`` and ``b`` (:func:`probes.task.traces.step_positions` gives the
+  ``=`` of each step). The answer is the trace's last word, predicted at ``ans``.
+
+A metric is used in two steps: :meth:`Metric.plan` locates, once per batch, the logit
+coordinates it needs (a :class:`MetricPlan`); :meth:`MetricPlan.reduce` turns the logits
+gathered there into one value per row. A plan can be *tiled* over a batch repeated ``m`` times
+(one copy per patch configuration of a sweep, :mod:`probes.patching.sweep`), so one forward pass
+scores ``m`` configurations at once.
+
+Example::
+
+    >>> metric = StrategyLogitDiff()
+    >>> plan = metric.plan(batch)                               # doctest: +SKIP
+    >>> logits = backend.patch(batch, [], logits=plan.index)    # doctest: +SKIP
+    >>> plan.reduce(logits)                                     # [1, batch] nats  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from activations.batch import TokenBatch, model_text
+from activations.positions import PositionIndex
+from probes.task.traces import STRATEGY_TOKEN, step_positions, word_char_offsets
+
+METRIC_PARTS: tuple[str, ...] = ("steps", "answer")
+"""What :class:`StepLogProb` can score: the step results, the answer, or both."""
+
+
+class MetricError(ValueError):
+    """A metric that cannot be computed on a batch; the message names the row and the fix."""
+
+
+@dataclass
+class MetricPlan:
+    """Where a metric reads the logits of one batch, and how it reduces them.
+
+    Attributes:
+        index: the logit coordinates in the base batch (``n`` entries).
+        n_rows: rows of the base batch (``N``).
+        kind: ``"diff"`` (``logits[:, plus] - logits[:, minus]``, one entry per row) or
+            ``"logprob"`` (mean ``log_softmax(logits)[target]`` over each row's entries).
+        plus, minus: token ids of a ``"diff"`` plan.
+        targets: ``Int[Tensor, "n"]`` target token id of each entry of a ``"logprob"`` plan.
+    """
+
+    index: PositionIndex
+    n_rows: int
+    kind: str
+    plus: int = -1
+    minus: int = -1
+    targets: Tensor | None = None
+
+    def tiled(self, m: int) -> PositionIndex:
+        """The coordinates in the base batch repeated ``m`` times along the batch (copy ``j``
+        occupies rows ``j*N .. j*N + N - 1``): ``m * n`` entries, copy-major."""
+        if m == 1:
+            return self.index
+        offs = (torch.arange(m) * self.n_rows).repeat_interleave(len(self.index))
+        return PositionIndex(
+            rows=self.index.rows.repeat(m) + offs,
+            cols=self.index.cols.repeat(m),
+            positions=self.index.positions.repeat(m),
+            labels=self.index.labels * m,
+        )
+
+    def reduce(self, logits: Float[Tensor, "mn vocab"], m: int = 1) -> Float[Tensor, "m batch"]:
+        """Per-row metric values from logits gathered at :meth:`tiled` ``(m)`` (in float32, or
+        float64 for float64 logits).
+
+        Returns:
+            ``[m, N]``: row ``j`` holds the values of copy ``j`` of the batch.
+
+        Raises:
+            MetricError: the logits do not have ``m * n`` rows.
+        """
+        n = len(self.index)
+        if logits.shape[0] != m * n:
+            raise MetricError(f"expected logits at {m} x {n} coordinates, got {tuple(logits.shape)}")
+        x = logits if logits.dtype == torch.float64 else logits.float()
+        if self.kind == "diff":
+            return (x[:, self.plus] - x[:, self.minus]).reshape(m, self.n_rows)
+        assert self.targets is not None
+        lp = torch.log_softmax(x, dim=-1).gather(1, self.targets.to(x.device).repeat(m)[:, None])[:, 0]
+        rows = self.index.rows.to(x.device)
+        sums = torch.zeros(m, self.n_rows, dtype=lp.dtype, device=x.device)
+        sums.index_add_(1, rows, lp.reshape(m, n))
+        counts = torch.bincount(rows, minlength=self.n_rows).to(lp.dtype)
+        return sums / counts
+
+
+class Metric(ABC):
+    """A per-problem score of a forward pass (see the module docstring).
+
+    Attributes:
+        name: a short name used in results (``"strategy_logit_diff"``...).
+        unit: the unit of its values (``"nats"``, ``"nats/token"``).
+    """
+
+    name: str = "metric"
+    unit: str = "nats"
+
+    @abstractmethod
+    def plan(self, batch: TokenBatch) -> MetricPlan:
+        """Locate the logit coordinates this metric needs in ``batch``.
+
+        Raises:
+            MetricError: a row lacks what the metric needs (the message names it).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able description written into results."""
+        return {"name": self.name, "unit": self.unit}
+
+
+def single_token_id(tokenizer: Any, word: str) -> int:
+    """The id of the one token that ``word`` becomes when it follows a space in a model input.
+
+    Located by character offsets in ``"x " + word``, so it is right for the task's word-level
+    tokenizer (``"F"``) and for byte-level BPE (``"ĠF"``) alike.
+
+    Raises:
+        MetricError: ``word`` is not exactly one token after a space.
+    """
+    text = f"x {word}"
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    toks = [i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if e > 2 and e > s]
+    spans = [(s, e) for s, e in enc["offset_mapping"] if e > 2 and e > s]
+    if len(toks) != 1 or spans[0][1] != len(text):
+        raise MetricError(
+            f"the word {word!r} is {len(toks)} tokens after a space for this tokenizer; the "
+            "strategy logit difference needs each strategy word to be one token"
+        )
+    return int(toks[0])
+
+
+class StrategyLogitDiff(Metric):
+    """Routing metric: ``logit(F) - logit(B)`` at ``prompt_end`` (nats; > 0 favours forward).
+
+    Args:
+        tokenizer: the checkpoints' tokenizer (to find the ids of ``F`` and ``B``), or None to
+            take the ids from ``ids``.
+        ids: ``(id_F, id_B)`` when no tokenizer is given.
+
+    Raises:
+        MetricError: a strategy word is not a single token.
+        ValueError: neither a tokenizer nor ids given.
+    """
+
+    name = "strategy_logit_diff"
+    unit = "nats"
+
+    def __init__(self, tokenizer: Any = None, ids: tuple[int, int] | None = None):
+        if ids is None:
+            if tokenizer is None:
+                raise ValueError("StrategyLogitDiff needs a tokenizer or ids=(id_F, id_B)")
+            ids = (single_token_id(tokenizer, STRATEGY_TOKEN["forward"]),
+                   single_token_id(tokenizer, STRATEGY_TOKEN["backward"]))
+        self.forward_id, self.backward_id = int(ids[0]), int(ids[1])
+
+    def plan(self, batch: TokenBatch) -> MetricPlan:
+        ends = batch.prompt_end
+        rows = torch.arange(len(batch))
+        index = PositionIndex(rows=rows, cols=batch.pad_offset + ends, positions=ends.clone(),
+                              labels=["prompt_end"] * len(batch))
+        return MetricPlan(index=index, n_rows=len(batch), kind="diff",
+                          plus=self.forward_id, minus=self.backward_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit, "position": "prompt_end",
+                "tokens": {"F": self.forward_id, "B": self.backward_id}}
+
+
+def target_words(response: str, parts: Sequence[str] = METRIC_PARTS) -> list[int]:
+    """Word indices (within ``response.split()``) of the correct tokens :class:`StepLogProb` scores.
+
+    ``"steps"``: the result word(s) of each step (``=`` + 1; ``=`` + 2 and + 4 for map steps,
+    whose results are ``m M b B``); ``"answer"``: the last word (the answer after ``ans``).
+
+    Raises:
+        MetricError: an unknown part, or a response without steps or answer.
+    """
+    bad = [p for p in parts if p not in METRIC_PARTS]
+    if bad or not parts:
+        raise MetricError(f"unknown metric parts {bad or list(parts)}: use a subset of {list(METRIC_PARTS)}")
+    words = response.split()
+    out: list[int] = []
+    if "steps" in parts:
+        for i in step_positions(response):
+            if i + 1 < len(words) and words[i + 1] == "m":
+                out += [i + 2, i + 4]
+            else:
+                out.append(i + 1)
+    if "answer" in parts:
+        if len(words) < 2 or words[-2] != "ans":
+            raise MetricError(f"response {response!r} does not end with 'ans VALUE'")
+        out.append(len(words) - 1)
+    if not out or max(out) >= len(words):
+        raise MetricError(f"response {response!r} has no scorable step or answer tokens")
+    return sorted(set(out))
+
+
+class StepLogProb(Metric):
+    """Execution metric: mean log-probability of the correct step results and answer of a
+    teacher-forced trace (nats per token, <= 0).
+
+    Each target word's tokens are scored at the token before each (next-token prediction), so a
+    word that a BPE tokenizer splits contributes all its tokens.
+
+    Args:
+        tokenizer: the checkpoints' tokenizer (fast: offsets are needed).
+        prompts, responses: the texts the batch was encoded from (``batch`` rows in order).
+        parts: ``("steps", "answer")`` (default), or one of them.
+
+    Raises:
+        MetricError: a row without a response, or a target word no token covers.
+    """
+
+    name = "step_logprob"
+    unit = "nats/token"
+
+    def __init__(self, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
+                 parts: Sequence[str] = METRIC_PARTS):
+        if len(prompts) != len(responses):
+            raise MetricError(f"{len(prompts)} prompts but {len(responses)} responses")
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.responses = list(responses)
+        self.parts = tuple(parts)
+        self._targets = [self._row_targets(p, r) for p, r in zip(self.prompts, self.responses)]
+
+    def _row_targets(self, prompt: str, response: str) -> list[tuple[int, int]]:
+        """``(position of the predicting token, target token id)`` pairs of one input."""
+        if response is None:
+            raise MetricError(f"{prompt!r}: the execution metric needs a teacher-forced response")
+        text = model_text(prompt, response)
+        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        ids, offs = enc["input_ids"], enc["offset_mapping"]
+        base = len(prompt) + 1
+        words = word_char_offsets(response)
+        out = []
+        for w in target_words(response, self.parts):
+            s, e = base + words[w][0], base + words[w][1]
+            toks = [t for t, (a, b) in enumerate(offs) if b > a and a < e and b > s]
+            if not toks or toks[0] == 0:
+                raise MetricError(f"{prompt!r}: no predictable token covers response word {w}")
+            out += [(t - 1, int(ids[t])) for t in toks]
+        return out
+
+    def plan(self, batch: TokenBatch) -> MetricPlan:
+        if len(batch) != len(self._targets):
+            raise MetricError(f"the metric was built for {len(self._targets)} inputs, the batch has {len(batch)}")
+        rows, pos, tgt = [], [], []
+        for r, pairs in enumerate(self._targets):
+            for p, t in pairs:
+                rows.append(r)
+                pos.append(p)
+                tgt.append(t)
+        index = PositionIndex.from_pairs(batch, rows, pos, labels=["target"] * len(rows))
+        return MetricPlan(index=index, n_rows=len(batch), kind="logprob",
+                          targets=torch.tensor(tgt, dtype=torch.long))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit, "parts": list(self.parts),
+                "targets_per_input": [len(t) for t in self._targets]}
+
+
+def evaluate(backend: Any, batch: TokenBatch, metric: Metric, patches: Sequence[Any] = ()) -> Float[Tensor, " batch"]:
+    """The metric of one forward pass of ``batch`` through ``backend`` (with ``patches``), ``[N]``."""
+    plan = metric.plan(batch)
+    logits = backend.run(batch, patches=list(patches), logits=plan.index).logits
+    return plan.reduce(logits)[0].detach().cpu()
+

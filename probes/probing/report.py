@@ -1,0 +1,276 @@
+"""One call from activation stores and labels to ``probes.json`` and its figures.
+
+:func:`run_probes` probes one or more models' stores (same problems) for each target, on one
+shared split by problem chain; with two models it adds transfer and direction cosines; given the
+models themselves it adds the steering dose-response at each model's best strategy layer.
+:func:`probe_report` is the pre-RL / post-RL pair (issue #5's acceptance run)::
+
+    probe_report("runs/x/cache/pre", "runs/x/cache/post", "runs/x/behavior.pre.jsonl",
+                 "runs/x/behavior.post.jsonl", "runs/x/probes", models=("ckpt/pre", "ckpt/post"))
+
+``probes.json`` (``schema_version`` 1): ``config``, ``settings`` (hook, position, targets,
+steering doses), ``split`` (held-out chains), ``models[NAME][TARGET]`` (the
+:func:`~probes.probing.sweep.probe_layers` summaries), ``transfer[TARGET]``
+(:func:`~probes.probing.transfer.probe_transfer`), ``steering[NAME]``
+(:func:`~probes.probing.steering.steering_dose_response`, or ``status = "skipped"`` with the
+reason) and ``figures`` (paths relative to the output folder). Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from probes.probing import figures
+from probes.probing.source import ProbeSet, open_store, read_probe_set
+from probes.probing.splits import outer_split
+from probes.probing.config import DEFAULT_STEER_ALPHAS, ProbeConfig
+from probes.probing.sweep import LayerProbes, probe_layers
+from probes.probing.targets import TARGETS, Labels, build_target, load_labels
+from probes.probing.transfer import probe_transfer
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_TARGETS: tuple[str, ...] = ("strategy", "propensity", "type", "correct")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def align_probe_sets(sets: Mapping[str, ProbeSet]) -> dict[str, ProbeSet]:
+    """Restrict every probe set to the rows ``(problem id, position)`` all of them hold, in the
+    first set's order (stores of two models on the same problems align row for row)."""
+    names = list(sets)
+    first = sets[names[0]]
+    shared = set(zip(first.keys, first.positions))
+    for n in names[1:]:
+        shared &= set(zip(sets[n].keys, sets[n].positions))
+    order = [k for k in zip(first.keys, first.positions) if k in shared]
+    out = {}
+    for n in names:
+        ps = sets[n]
+        where = {k: i for i, k in enumerate(zip(ps.keys, ps.positions))}
+        idx = np.array([where[k] for k in order], dtype=np.int64)
+        out[n] = ProbeSet(X=ps.X[:, idx], layers=ps.layers, hook=ps.hook, keys=[ps.keys[i] for i in idx],
+                          positions=[ps.positions[i] for i in idx], groups=ps.groups[idx])
+    dropped = {n: sets[n].n_rows - len(order) for n in names if sets[n].n_rows != len(order)}
+    if dropped:
+        log.warning("rows not shared by every store were dropped: %s", dropped)
+    return out
+
+
+def _shared_test_groups(ps: ProbeSet, strategy_targets: list, cfg: ProbeConfig, tries: int = 20) -> np.ndarray:
+    """Held-out chains shared by every model and target: the first seeded grouped split whose
+    sides both hold both strategies for every model whose strategy target is not skipped."""
+    groups = ps.groups
+    first = None
+    for t in range(tries):
+        train, test = outer_split(groups, cfg.test_size, cfg.seed + 7919 * t)
+        first = first if first is not None else test
+        ok = True
+        for tg in strategy_targets:
+            if tg.skipped:
+                continue
+            for side in (train, test):
+                side = side[tg.valid[side]]
+                if len(np.unique(tg.y[side])) < 2:
+                    ok = False
+        if ok:
+            return np.unique(groups[test])
+    return np.unique(groups[first])
+
+
+def _load_model(m):
+    """A ``(model, tokenizer)`` from a path, an ``activations.load.Checkpoint`` or a pair."""
+    if m is None:
+        return None
+    if isinstance(m, (str, os.PathLike)):
+        from activations.load import load_checkpoint
+
+        ck = load_checkpoint(m)
+        return ck.model, ck.tokenizer
+    if hasattr(m, "model") and hasattr(m, "tokenizer"):
+        return m.model, m.tokenizer
+    return m
+
+
+def run_probes(
+    stores: Mapping[str, Any],
+    labels: Mapping[str, Labels | str | Path],
+    out_dir: str | Path,
+    *,
+    targets: Sequence[str] = DEFAULT_TARGETS,
+    hook: str = "hook_resid_post",
+    position: str = "prompt_end",
+    layers: Sequence[int] | None = None,
+    config: ProbeConfig | None = None,
+    models: Mapping[str, Any] | None = None,
+    steer_alphas: Sequence[float] = DEFAULT_STEER_ALPHAS,
+    steer_n: int = 256,
+    steer_generate: bool = True,
+    steer_max_new_tokens: int = 64,
+    progress: bool = True,
+) -> dict:
+    """Probe each model's store for each target; write ``probes.json`` and figures to ``out_dir``.
+
+    Args:
+        stores: model name -> store directory or opened store (an
+            :class:`~activations.store.ActivationStore` or anything with its read API).
+        labels: model name -> :class:`~probes.probing.targets.Labels` or a labels JSONL path
+            (that model's behaviour rows: its greedy strategy, correctness, logit difference).
+        out_dir: output folder (``probes.json``, ``figures/*.png``).
+        targets: names from :data:`~probes.probing.targets.TARGETS`.
+        hook, position, layers: what to read (:func:`~probes.probing.source.read_probe_set`).
+        config: :class:`~probes.probing.sweep.ProbeConfig`.
+        models: model name -> checkpoint directory, ``Checkpoint`` or ``(model, tokenizer)``; when
+            given, the steering dose-response runs at the model's best strategy layer.
+        steer_alphas: doses (multiples of ``mu_F - mu_B``). steer_n: held-out prompts steered.
+        steer_generate: also generate greedy responses under steering.
+        progress: tqdm bars.
+
+    Returns:
+        The dict written to ``probes.json`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown target, or ``labels`` without an entry for a store.
+        KeyError: a store without the requested hook.
+    """
+    cfg = config or ProbeConfig()
+    for t in targets:
+        if t not in TARGETS:
+            raise ValueError(f"unknown target {t!r}: use one of {list(TARGETS)}")
+    missing = [n for n in stores if n not in labels]
+    if missing:
+        raise ValueError(f"no labels for model(s) {missing}")
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    labs = {n: (v if isinstance(v, Labels) else load_labels(v)) for n, v in labels.items()}
+    opened = {n: (open_store(s) if isinstance(s, (str, os.PathLike)) else s) for n, s in stores.items()}
+    sets = {n: read_probe_set(s, hook, position, layers, progress=progress) for n, s in opened.items()}
+    sets = align_probe_sets(sets)
+    names = list(sets)
+    ps0 = sets[names[0]]
+    strat = [build_target("strategy", sets[n].keys, sets[n].positions, labs[n]) for n in names]
+    test_groups = _shared_test_groups(ps0, strat, cfg)
+    result: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg.to_dict(),
+        "settings": {"hook": hook, "position": position, "layers": ps0.layers, "targets": list(targets),
+                     "models": names, "steer_alphas": list(steer_alphas)},
+        "split": {"n_test_chains": int(len(test_groups)), "n_chains": int(len(np.unique(ps0.groups))),
+                  "grouping": "problem chain", "seed": cfg.seed},
+        "models": {n: {} for n in names}, "transfer": {}, "steering": {}, "figures": [],
+    }
+    fits: dict[str, dict[str, LayerProbes]] = {n: {} for n in names}
+    tgts: dict[str, dict] = {n: {} for n in names}
+    for t in targets:
+        for n in names:
+            tg = build_target(t, sets[n].keys, sets[n].positions, labs[n])
+            tgts[n][t] = tg
+            log.info("probing %s of %s (%d layers)", t, n, len(sets[n].layers))
+            fit = probe_layers(sets[n], tg, labs[n], cfg, test_groups=test_groups, progress=progress)
+            fits[n][t] = fit
+            result["models"][n][t] = fit.summary
+        summaries = {n: fits[n][t].summary for n in names}
+        kind = tgts[names[0]][t].kind
+        if kind == "continuous":
+            result["figures"].append(str(figures.plot_regression_curves(summaries, fig_dir / f"{t}_r2.png").relative_to(out_dir)))
+        else:
+            for fn, suffix in ((figures.plot_layer_curves, "layers"), (figures.plot_selectivity, "selectivity"),
+                               (figures.plot_within_type, "within_type")):
+                result["figures"].append(str(fn(summaries, fig_dir / f"{t}_{suffix}.png").relative_to(out_dir)))
+        if len(names) == 2 and kind == "binary":
+            a, b = names
+            tr = probe_transfer(sets[a], sets[b], tgts[a][t], tgts[b][t], fits[a][t], fits[b][t], cfg, names=(a, b))
+            result["transfer"][t] = tr
+            result["figures"].append(str(figures.plot_transfer(tr, fig_dir / f"{t}_transfer.png").relative_to(out_dir)))
+    result["steering"] = _steering(models, names, fits, sets, labs, hook, steer_alphas, steer_n, steer_generate,
+                                   steer_max_new_tokens, cfg, progress)
+    for n, dose in result["steering"].items():
+        result["figures"].append(str(figures.plot_dose_response(dose, fig_dir / f"steering_{n}.png").relative_to(out_dir)))
+    write_json_atomic(out_dir / "probes.json", result)
+    return _jsonable(result)
+
+
+def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress) -> dict:
+    from probes.probing.steering import steering_dose_response
+
+    out = {}
+    for n in names:
+        fit = fits[n].get("strategy")
+        if models is None or models.get(n) is None:
+            out[n] = {"status": "skipped", "reason": "no model given (pass models= / --model)"}
+            continue
+        if fit is None or fit.skipped or fit.difference is None or fit.best_layer is None:
+            reason = "no strategy probe" if fit is None else fit.summary.get("reason", "no difference of means")
+            out[n] = {"status": "skipped", "reason": f"strategy probe unavailable: {reason}"}
+            continue
+        if hook not in ("hook_resid_post", "hook_resid_pre"):
+            out[n] = {"status": "skipped", "reason": f"steering supports residual-stream hooks, not {hook}"}
+            continue
+        model, tok = _load_model(models[n])
+        ps = sets[n]
+        j = ps.layers.index(fit.best_layer)
+        seen, prompts = set(), []
+        for i in fit.test_rows:
+            k = ps.keys[i]
+            if k not in seen:
+                seen.add(k)
+                prompts.append(labs[n].by_id[k].problem.prompt)
+        prompts = prompts[:steer_n]
+        dose = steering_dose_response(model, tok, prompts, ps.site(fit.best_layer), fit.difference[j], alphas,
+                                      generate=generate, max_new_tokens=max_new_tokens, n_boot=cfg.n_boot,
+                                      seed=cfg.seed, progress=progress)
+        dose["status"] = "ok"
+        dose["layer"] = int(fit.best_layer)
+        dose["layer_chosen_by"] = "best cross-validated strategy probe (training rows)"
+        out[n] = dose
+    return out
+
+
+def probe_report(store_pre, store_post, labels_pre, labels_post, out_dir, *, models: tuple | None = None,
+                 **kwargs) -> dict:
+    """The pre-RL / post-RL probe report: :func:`run_probes` with models named ``pre`` and
+    ``post`` (transfer included); ``models`` = ``(pre, post)`` checkpoints for steering.
+
+    Returns:
+        The ``probes.json`` dict.
+    """
+    m = None if models is None else {"pre": models[0], "post": models[1]}
+    return run_probes({"pre": store_pre, "post": store_post}, {"pre": labels_pre, "post": labels_post}, out_dir,
+                      models=m, **kwargs)

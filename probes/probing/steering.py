@@ -1,0 +1,219 @@
+"""The causal check: add a multiple of a probe direction at the end of the prompt, measure the
+strategy the model then chooses (dose-response).
+
+:func:`add_at_prompt_end` is a context manager holding a PyTorch forward hook on one decoder
+layer of a Hugging Face causal LM (``model.model.layers[l]``; Qwen2, Llama and relatives): it
+adds ``vector`` to the residual stream at the last prompt token, at the output of block ``l``
+(``blocks.{l}.hook_resid_post``) or at its input (``blocks.{l}.hook_resid_pre``). With left
+padding the last prompt token is the last column of the prompt batch; the hook adds at column
+``prompt_len - 1`` of every forward that covers it (the prefill of a KV-cached generation, or
+every step of an uncached one), so it is held for the whole greedy generation. The hook is
+removed on exit, also on error (as baukit's ``Trace`` does). (Transformers' own
+``output_hidden_states`` records a block's output through a hook registered before this one, so
+it shows the steered block's output *unsteered*; every later block sees the steered stream.)
+
+:func:`steering_dose_response` adds ``alpha * v`` for each ``alpha``, with ``v`` the
+difference of the class means ``mu_forward - mu_backward`` at that site (Marks and Tegmark 2023,
+arXiv 2310.06824, steer with the mass-mean direction), so ``alpha = 1`` moves the average
+backward-choosing activation onto the average forward-choosing one. It reports the mean
+``P(F)`` at the first response token, the logit difference ``logit(F) - logit(B)`` (nats) and,
+optionally, the shares of forward, backward and unparseable greedy responses.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from probes.probing.metrics import bootstrap_mean_ci
+from probes.task.traces import STRATEGY_TOKEN
+from probes.task.verify import UNPARSEABLE, first_token_strategy, label
+
+_SITE = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_resid_pre)$")
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM (``model.model.layers``).
+
+    Raises:
+        AttributeError: the model has no ``model.layers``.
+    """
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "layers"):
+        raise AttributeError(f"{type(model).__name__} has no model.layers: not a decoder-only HF model")
+    return inner.layers
+
+
+def parse_steering_site(site: str) -> tuple[int, str]:
+    """``(layer, hook)`` of ``blocks.{l}.hook_resid_post`` or ``blocks.{l}.hook_resid_pre``.
+
+    Raises:
+        ValueError: any other site (the message says which are supported).
+    """
+    m = _SITE.match(site)
+    if not m:
+        raise ValueError(f"steering supports blocks.{{l}}.hook_resid_post and blocks.{{l}}.hook_resid_pre, got {site!r}")
+    return int(m.group(1)), m.group(2)
+
+
+class _PromptEndAdder:
+    def __init__(self, vector: torch.Tensor):
+        self.vector = vector
+        self.prompt_len: int | None = None
+        self.calls = 0
+
+    def add(self, h: torch.Tensor) -> torch.Tensor:
+        if self.prompt_len is None or h.shape[1] < self.prompt_len:
+            return h
+        self.calls += 1
+        h = h.clone()
+        h[:, self.prompt_len - 1] += self.vector.to(h.dtype).to(h.device)
+        return h
+
+
+@contextmanager
+def add_at_prompt_end(model, site: str, vector: torch.Tensor | np.ndarray):
+    """Hold a hook that adds ``vector`` ``[d_model]`` at the last prompt token of ``site``.
+
+    Yields an object whose ``prompt_len`` must be set to the (left-padded) prompt length of the
+    batch before each forward or ``generate`` call (:func:`steered_first_token` and
+    :func:`steered_generate` do it); ``calls`` counts the forwards it changed.
+
+    Raises:
+        ValueError: an unsupported site, or a layer out of range.
+    """
+    layer, hook = parse_steering_site(site)
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"layer {layer} is out of range (the model has {len(layers)} layers)")
+    adder = _PromptEndAdder(torch.as_tensor(np.asarray(vector), dtype=torch.float32))
+    if hook == "hook_resid_post":
+        def fwd(module, args, output):
+            if isinstance(output, tuple):
+                return (adder.add(output[0]),) + tuple(output[1:])
+            return adder.add(output)
+        handle = layers[layer].register_forward_hook(fwd)
+    else:
+        def pre(module, args, kwargs):
+            if args:
+                return (adder.add(args[0]),) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = adder.add(kwargs["hidden_states"])
+            return args, kwargs
+        handle = layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield adder
+    finally:
+        handle.remove()
+
+
+def _encode(tokenizer, prompts, device):
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = old
+
+
+@torch.no_grad()
+def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64):
+    """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` added at
+    the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats)."""
+    f_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["forward"])
+    b_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["backward"])
+    device = next(model.parameters()).device
+    pf, ld = [], []
+    with add_at_prompt_end(model, site, vector) as adder:
+        for s in range(0, len(prompts), batch_size):
+            enc = _encode(tokenizer, prompts[s:s + batch_size], device)
+            adder.prompt_len = enc["input_ids"].shape[1]
+            logits = model(**enc).logits[:, -1].float()
+            pf.append(logits.softmax(-1)[:, f_id].cpu().numpy())
+            ld.append((logits[:, f_id] - logits[:, b_id]).cpu().numpy())
+    return np.concatenate(pf), np.concatenate(ld)
+
+
+@torch.no_grad()
+def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector, max_new_tokens: int = 64,
+                     batch_size: int = 64) -> list[str]:
+    """Greedy responses with ``vector`` added at the prompt end of ``site`` (held during the
+    whole generation; the prompt's cached keys and values carry it)."""
+    device = next(model.parameters()).device
+    out: list[str] = []
+    with add_at_prompt_end(model, site, vector) as adder:
+        for s in range(0, len(prompts), batch_size):
+            enc = _encode(tokenizer, prompts[s:s + batch_size], device)
+            adder.prompt_len = enc["input_ids"].shape[1]
+            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [t.strip() for t in texts]
+    return out
+
+
+def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, direction, alphas: Sequence[float],
+                           *, generate: bool = True, max_new_tokens: int = 64, batch_size: int = 64,
+                           n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """Dose-response of the strategy to ``alpha * direction`` added at the prompt end of ``site``.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM and its tokenizer (``F``/``B`` are tokens).
+        prompts: ``n`` task prompts (held-out problems).
+        site: ``blocks.{l}.hook_resid_post`` or ``blocks.{l}.hook_resid_pre``.
+        direction: ``[d_model]`` the vector added at ``alpha = 1`` (activation units; use the
+            difference of class means ``mu_forward - mu_backward``).
+        alphas: the doses (include 0 for the unsteered model).
+        generate: also generate greedy responses and label their strategy.
+        max_new_tokens: generation budget, in tokens.
+
+    Returns:
+        ``{"site", "direction_norm", "alphas", "p_forward": [{"mean", "ci"}], "logit_diff":
+        [{"mean", "ci"}], "delta_p_forward": [float] (vs alpha = 0, or vs the first alpha when 0
+        is absent), "generated": [{"forward", "backward", "unparseable"}] shares of the greedy
+        responses labelled by the full trace grammar and "generated_first_word": the same by the
+        first word alone (with ``generate``), "n": n}``.
+
+    Raises:
+        ValueError: an unsupported site or a direction of the wrong width.
+    """
+    from tqdm.auto import tqdm
+
+    direction = np.asarray(direction, dtype=np.float32).reshape(-1)
+    d_model = decoder_layers(model)[0].self_attn.o_proj.out_features if hasattr(decoder_layers(model)[0], "self_attn") else None
+    if d_model is not None and direction.size != d_model:
+        raise ValueError(f"direction has {direction.size} values for d_model {d_model}")
+    alphas = [float(a) for a in alphas]
+    prompts = list(prompts)
+    res = {"site": site, "direction_norm": float(np.linalg.norm(direction)), "alphas": alphas, "n": len(prompts),
+           "p_forward": [], "logit_diff": [], "units": {"alpha": "multiples of the direction (mu_F - mu_B)",
+                                                        "logit_diff": "nats", "p_forward": "probability"}}
+    if generate:
+        res["generated"], res["generated_first_word"] = [], []
+    was_training = model.training
+    model.eval()
+    base_pf = None
+    try:
+        for a in tqdm(alphas, desc="steering", disable=not progress, leave=False):
+            v = a * direction
+            pf, ld = steered_first_token(model, tokenizer, prompts, site, v, batch_size)
+            res["p_forward"].append({"mean": float(pf.mean()), "ci": list(bootstrap_mean_ci(pf, n_boot, seed))})
+            res["logit_diff"].append({"mean": float(ld.mean()), "ci": list(bootstrap_mean_ci(ld, n_boot, seed))})
+            if a == 0.0:
+                base_pf = float(pf.mean())
+            if generate:
+                texts = steered_generate(model, tokenizer, prompts, site, v, max_new_tokens, batch_size)
+                labs = [label(t) for t in texts]
+                firsts = [first_token_strategy(t) for t in texts]
+                res["generated"].append({s: labs.count(s) / len(labs) for s in ("forward", "backward", UNPARSEABLE)})
+                res["generated_first_word"].append(
+                    {s: firsts.count(s) / len(firsts) for s in ("forward", "backward", UNPARSEABLE)})
+    finally:
+        model.train(was_training)
+    ref = base_pf if base_pf is not None else res["p_forward"][0]["mean"]
+    res["delta_p_forward"] = [r["mean"] - ref for r in res["p_forward"]]
+    return res

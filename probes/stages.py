@@ -1,0 +1,90 @@
+"""The stages of ``python -m probes.run``, each reading and writing only the run folder.
+
+behaviour -> cache -> probes -> patching -> verdict (report). Each stage function takes the
+resolved :class:`~probes.runconfig.RunConfig` and the :class:`~probes.runfolder.RunFolder`
+and returns a dict of what it wrote (relative paths and a few headline numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from probes.runconfig import RunConfig
+from probes.runfolder import RunFolder, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("behaviour", "cache", "probes", "patching", "verdict")
+
+
+def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
+    """Both checkpoints' behaviour on the held-out problems and the decomposition
+    (``behavior/behavior.json``, responses in ``behavior/behavior.{model,reference}.jsonl``)."""
+    from probes.behavior.__main__ import held_out_problems, run_behavior
+    from probes.behavior.evaluate import BehaviorSettings
+    from probes.task.jsonl import write_jsonl
+
+    problems = held_out_problems(cfg.n_problems, cfg.seed, tuple(cfg.steps))
+    write_jsonl(run.path("problems.jsonl"), [p.to_dict() for p in problems])
+    settings = BehaviorSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed)
+    res = run_behavior(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
+                       responses_out=run.path("behavior", "behavior.json"))
+    res["settings"].update({"n": cfg.n_problems, "steps": cfg.steps, "problem_seed": cfg.seed})
+    write_json(run.path("behavior", "behavior.json"), res)
+    return {"behavior": "behavior/behavior.json", "delta": res["decomposition"]["pooled"]["delta"]}
+
+
+def cache(cfg: RunConfig, run: RunFolder) -> dict:
+    """Activations of both checkpoints at every layer's ``probe_hook`` at ``probe_position``
+    (``store/pre``, ``store/post``); an interrupted store resumes from its finished chunks."""
+    from activations.backends import make_backend
+    from activations.cache import cache_activations, read_records
+    from activations.load import load_checkpoint
+
+    records = read_records(run.path("problems.jsonl"))
+    out = {}
+    for role, src in (("pre", cfg.pre_rl), ("post", cfg.post_rl)):
+        ckpt = load_checkpoint(src, dtype=cfg.dtype, device=cfg.device)
+        backend = make_backend(cfg.backend, ckpt)
+        store = cache_activations(backend, records, f"blocks.*.{cfg.probe_hook}", cfg.probe_position,
+                                  run.path("store", role), batch_size=cfg.batch_size)
+        out[role] = {"dir": f"store/{role}", "rows": store.n_rows}
+    return out
+
+
+def probes(cfg: RunConfig, run: RunFolder) -> dict:
+    """Linear probes on both stores (``probes/probes.json`` and figures)."""
+    from probes.probing.report import probe_report
+    from probes.probing.sweep import ProbeConfig
+
+    res = probe_report(
+        str(run.root / "store" / "pre"), str(run.root / "store" / "post"),
+        str(run.root / "behavior" / "behavior.reference.jsonl"), str(run.root / "behavior" / "behavior.model.jsonl"),
+        run.path("probes"), models=(cfg.pre_rl, cfg.post_rl), hook=cfg.probe_hook, position=cfg.probe_position,
+        config=ProbeConfig(n_boot=cfg.n_boot, seed=cfg.seed), steer_n=cfg.steer_n, steer_generate=cfg.steer_generate,
+    )
+    return {"probes": "probes/probes.json", "targets": sorted(res.get("models", {}).get("pre", {}).keys())
+            if isinstance(res.get("models"), dict) else []}
+
+
+def patching(cfg: RunConfig, run: RunFolder) -> dict:
+    """Cross-model, counterfactual and attribution patching (``patching/patching.json``)."""
+    from probes.patching.config import PatchingConfig
+    from probes.patching.pipeline import run_patching
+
+    pc = PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": str(run.path("patching", "x").parent),
+                           "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype, "device": cfg.device,
+                           **cfg.patching})
+    res = run_patching(pc)
+    return {"patching": "patching/patching.json", "verdict": res.get("verdict", {}).get("label")}
+
+
+def load_stage_outputs(run: RunFolder) -> dict:
+    """Everything the stages wrote, for the verdict and the report."""
+    out = {"behavior": read_json(run.root / "behavior" / "behavior.json")}
+    for name, rel in (("probes", "probes/probes.json"), ("patching", "patching/patching.json")):
+        p = run.root / rel
+        out[name] = read_json(p) if p.exists() else None
+    return out

@@ -1,0 +1,72 @@
+"""Specification of named positions: prompt_end, steps, all and indices, under either padding."""
+
+import pytest
+
+from activations.batch import PositionError, encode_batch
+from activations.positions import PositionIndex, parse_positions, resolve_positions
+from probes.task.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_specs_parse_from_names_and_index_lists():
+    specs = parse_positions("prompt_end steps all 0,-1")
+    assert [s.kind for s in specs] == ["prompt_end", "steps", "all", "index"]
+    assert specs[3].indices == (0, -1) and str(specs[3]) == "0,-1"
+
+
+@pytest.mark.parametrize("bad", ["end", "prompt-end", "1.5", "1,,2"])
+def test_an_unknown_spec_is_named_with_the_accepted_ones(bad):
+    with pytest.raises(ValueError, match=f"unknown position {bad!r}: use prompt_end, steps, all"):
+        parse_positions([bad])
+
+
+def test_duplicate_specs_are_rejected():
+    with pytest.raises(ValueError, match="duplicate position specs"):
+        parse_positions(["steps", "steps"])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_resolved_coordinates_point_at_the_same_tokens_under_both_paddings(tok, records, side):
+    prompts = [r["prompt"] for r in records]
+    responses = [r["response"] for r in records]
+    b = encode_batch(tok, prompts, responses, padding_side=side)
+    idx = resolve_positions(["prompt_end", "steps", "0,-1"], b)
+    words = [f"{p} {r}".split() for p, r in zip(prompts, responses)]
+    got = [tok.convert_ids_to_tokens(int(b.input_ids[r, c])) for r, c in zip(idx.rows, idx.cols)]
+    want = [words[r][p] for r, p in zip(idx.rows.tolist(), idx.positions.tolist())]
+    assert got == want
+    assert [lab for lab, r in zip(idx.labels, idx.rows.tolist()) if r == 0][:2] == ["prompt_end", "step:0"]
+    assert all(tok.convert_ids_to_tokens(int(b.input_ids[r, c])) == "?"
+               for r, c, lab in zip(idx.rows, idx.cols, idx.labels) if lab == "prompt_end")
+    assert all(tok.convert_ids_to_tokens(int(b.input_ids[r, c])) == "="
+               for r, c, lab in zip(idx.rows, idx.cols, idx.labels) if lab.startswith("step:"))
+
+
+def test_all_covers_every_real_token_and_no_pad(tok, problems):
+    b = encode_batch(tok, [p.prompt for p in problems])
+    idx = resolve_positions("all", b)
+    assert len(idx) == int(b.attention_mask.sum())
+    assert bool(b.attention_mask[idx.rows, idx.cols].all())
+
+
+def test_steps_without_a_response_name_the_record(tok, problems):
+    b = encode_batch(tok, [problems[0].prompt], keys=[problems[0].id])
+    with pytest.raises(PositionError, match=f"{problems[0].id}: position 'steps' needs a teacher-forced response"):
+        resolve_positions("steps", b)
+
+
+def test_an_index_out_of_range_names_the_record_and_its_length(tok, problems):
+    b = encode_batch(tok, [problems[0].prompt], keys=["k0"])
+    n = int(b.lengths[0])
+    with pytest.raises(PositionError, match=f"k0: token index {n} is out of range for an input of {n} tokens"):
+        resolve_positions([str(n)], b)
+
+
+def test_from_pairs_builds_padded_columns(tok, problems):
+    b = encode_batch(tok, [problems[0].prompt, problems[3].prompt], padding_side="left")
+    idx = PositionIndex.from_pairs(b, [0, 1], [0, 0])
+    assert idx.cols.tolist() == [int(b.pad_offset[0]), int(b.pad_offset[1])]
