@@ -12,8 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_PRE = "checkpoints/organism/sft-f"
-DEFAULT_POST = "checkpoints/organism/rl-f-hard"
+DEFAULT_PRE = "checkpoints/organism/sft-fb"
+DEFAULT_POST = "checkpoints/organism/rl-fb-hard"
 
 
 class RunConfig(BaseModel):

@@ -83,6 +83,31 @@ class OptimConfig(_Strict):
     bf16: bool = Field(False, description="bf16 autocast (mixed precision; fp32 master weights)")
 
 
+def trainer_kwargs(optim: "OptimConfig", data: "DataConfig", work_dir: str) -> dict:
+    """``transformers.TrainingArguments`` fields shared by the SFT and GRPO stages."""
+    import torch
+
+    return dict(
+        output_dir=work_dir,
+        learning_rate=optim.lr,
+        lr_scheduler_type=optim.scheduler,
+        warmup_steps=optim.warmup_ratio,  # a value < 1 is a ratio of the total steps
+        weight_decay=optim.weight_decay,
+        num_train_epochs=optim.epochs,
+        max_steps=optim.max_steps,
+        save_steps=optim.save_steps,
+        save_total_limit=2,
+        logging_steps=optim.logging_steps,
+        seed=optim.seed,
+        data_seed=data.seed,
+        report_to=[],
+        bf16=optim.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
 class GRPOSettings(_Strict):
     """GRPO-specific settings (TRL ``GRPOConfig`` names where they exist)."""
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from probes.train.checkpoint import is_finished, last_checkpoint, save_final
-from probes.train.config import TrainConfig
+from probes.train.config import TrainConfig, trainer_kwargs
 from probes.train.data import data_hash, grpo_rows
 from probes.train.reward import make_reward_func
 
@@ -40,30 +40,14 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
     g = cfg.grpo
     work = out / "_work"
     args = GRPOConfig(
-        output_dir=str(work),
-        learning_rate=cfg.optim.lr,
-        lr_scheduler_type=cfg.optim.scheduler,
-        warmup_steps=cfg.optim.warmup_ratio,
-        weight_decay=cfg.optim.weight_decay,
+        **trainer_kwargs(cfg.optim, cfg.data, str(work)),
         per_device_train_batch_size=g.prompts_per_step * g.num_generations,
         steps_per_generation=1,
         num_generations=g.num_generations,
-        num_train_epochs=cfg.optim.epochs,
-        max_steps=cfg.optim.max_steps,
-        save_steps=cfg.optim.save_steps,
-        save_total_limit=2,
-        logging_steps=cfg.optim.logging_steps,
-        seed=cfg.optim.seed,
-        data_seed=cfg.data.seed,
         temperature=g.temperature,
         beta=g.beta,
         loss_type=g.loss_type,
         max_completion_length=g.max_completion_length,
-        report_to=[],
-        bf16=cfg.optim.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=False,
         log_completions=False,
         use_vllm=g.use_vllm,
     )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from probes.train.checkpoint import is_finished, last_checkpoint, save_final
-from probes.train.config import TrainConfig
+from probes.train.config import TrainConfig, trainer_kwargs
 from probes.train.data import data_hash, sft_rows
 
 log = logging.getLogger(__name__)
@@ -61,28 +61,12 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
         log.warning("%s has a chat template but data.chat is false: prompts are fed as plain text", cfg.init)
     work = out / "_work"
     args = SFTConfig(
-        output_dir=str(work),
-        learning_rate=cfg.optim.lr,
-        lr_scheduler_type=cfg.optim.scheduler,
-        warmup_steps=cfg.optim.warmup_ratio,
-        weight_decay=cfg.optim.weight_decay,
+        **trainer_kwargs(cfg.optim, cfg.data, str(work)),
         per_device_train_batch_size=cfg.optim.batch_size,
-        num_train_epochs=cfg.optim.epochs,
-        max_steps=cfg.optim.max_steps,
-        save_steps=cfg.optim.save_steps,
-        save_total_limit=2,
-        logging_steps=cfg.optim.logging_steps,
-        seed=cfg.optim.seed,
-        data_seed=cfg.data.seed,
         max_length=cfg.model.max_positions,
         completion_only_loss=True,
         train_sampling_strategy="group_by_length",
-        report_to=[],
-        bf16=cfg.optim.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
         save_only_model=False,
-        disable_tqdm=False,
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
