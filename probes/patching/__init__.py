@@ -12,6 +12,8 @@ Modules, one idea each:
 - :mod:`~probes.patching.cells`: what one patch configuration writes where;
 - :mod:`~probes.patching.donor`: the donor's activations;
 - :mod:`~probes.patching.sweep`: batched (and looped) sweeps over cells;
+- :mod:`~probes.patching.prefix`: prefix reuse for exact ``hook_resid_pre`` layer x position
+  sweeps (only the layers and tokens a patch can change are run);
 - :mod:`~probes.patching.recovery` and :mod:`~probes.patching.bootstrap`: fraction of the gap
   recovered, undefined (never NaN) when donor and recipient agree, with bootstrap CIs;
 - :mod:`~probes.patching.cmap`: cross-model activation patching (Prakash et al. 2024,

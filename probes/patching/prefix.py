@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 KERNELS: tuple[str, ...] = ("sdpa", "eager")
 """Attention implementations the prefix engine builds masks for."""
+MODEL_TYPES: tuple[str, ...] = ("qwen2", "llama", "mistral")
+"""Model types whose decoder the prefix engine runs layer by layer (unscaled embeddings, no
+sliding windows, the ``model.layers[l].self_attn`` layout)."""
 
 
 def _resid_pre_layer(cell: Cell) -> int | None:
@@ -86,6 +89,8 @@ def unsupported_reason(backend: Any, batch: TokenBatch) -> str | None:
         return f"attention kernel {kernel!r} (the prefix engine builds masks for {list(KERNELS)})"
     if any(t != "full_attention" for t in (getattr(model.config, "layer_types", None) or [])):
         return "sliding-window layers"
+    if getattr(model.config, "model_type", None) not in MODEL_TYPES:
+        return f"model type {getattr(model.config, 'model_type', None)!r} (the prefix engine runs {list(MODEL_TYPES)})"
     if bool((batch.attention_mask == 0).any()):
         return "a padded batch (inputs of different token lengths)"
     return None
@@ -123,65 +128,58 @@ class _Capture(_PrefixCache):
 
 
 def _last_layer(layer: Any, h: Tensor, pk: Tensor, pv: Tensor, p0: int, query: Tensor, cos_sin: tuple[Tensor, Tensor],
-                pos: Tensor, kernel: str, cache_kw: str) -> Tensor:
-    """The last layer's output at the ``query`` tokens only (``[rows, len(query), d]``).
+                pos: Tensor, kernel: str, cache_kw: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The last layer's output at the ``query`` tokens only, and the block's keys and values.
 
     Only the query tokens' outputs reach the metric; the other block tokens matter to them only
     through their keys and values, which the layer's own attention module computes (its queries
     and output projection are wasted, its MLP is skipped). Keys are passed in any order with a
     mask built from their positions.
+
+    Returns:
+        ``(out [rows, len(query), d], keys, values)``; keys and values ``[rows, kv, w, d_head]``
+        of the block's tokens in position order.
     """
     device = h.device
-    block = torch.arange(p0, p0 + h.shape[1], device=device)
+    w = h.shape[1]
+    block = torch.arange(p0, p0 + w, device=device)
     is_query = torch.isin(block, query)
     others = block[~is_query]
+    rel_q = query - p0
     cos, sin = cos_sin
     kp, vp = pk, pv
     key_pos = torch.arange(p0, device=device)
+    ko = vo = None
     if len(others):
         rel = others - p0
         cap = _Capture(pk, pv)
         normed = layer.input_layernorm(h[:, rel])
         layer.self_attn(hidden_states=normed, position_embeddings=(cos[:, rel], sin[:, rel]),
                         attention_mask=_mask(others, torch.cat([key_pos, others]), kernel, h.dtype), **{cache_kw: cap})
-        kp, vp = torch.cat([pk, cap.new_keys], 2), torch.cat([pv, cap.new_values], 2)
+        ko, vo = cap.new_keys, cap.new_values
+        kp, vp = _cat(pk, ko), _cat(pv, vo)
         key_pos = torch.cat([key_pos, others])
-    rel_q = query - p0
+    cap_q = _Capture(kp, vp)
     out = layer(h[:, rel_q], attention_mask=_mask(query, torch.cat([key_pos, query]), kernel, h.dtype),
                 position_ids=pos[:, rel_q], use_cache=True, position_embeddings=(cos[:, rel_q], sin[:, rel_q]),
-                **{cache_kw: _PrefixCache(kp, vp)})
-    return out[0] if isinstance(out, tuple) else out
+                **{cache_kw: cap_q})
+    out = out[0] if isinstance(out, tuple) else out
+    kq, vq = cap_q.new_keys, cap_q.new_values
+    keys = kq.new_empty((kq.shape[0], kq.shape[1], w, kq.shape[3]))
+    values = torch.empty_like(keys)
+    keys[:, :, rel_q], values[:, :, rel_q] = kq, vq
+    if ko is not None:
+        keys[:, :, others - p0], values[:, :, others - p0] = ko, vo
+    return out, keys, values
 
 
-def _kv(cache: Any, layer: int) -> tuple[Tensor, Tensor]:
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]  # older transformers
-
-
-@dataclass
-class _Clean:
-    resid_pre: list[Tensor]  # per layer [N, T, d]
-    keys: list[Tensor]  # per layer [N, kv, T, dh]
-    values: list[Tensor]
-    logits: Tensor  # [N, T, vocab]
-
-
-def _clean_pass(model: Any, batch: TokenBatch) -> _Clean:
-    inputs = batch.model_inputs(next(model.parameters()).device)
-    out = model(**inputs, use_cache=True, output_hidden_states=True)
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = out.past_key_values
-    n_layers = len(model.model.layers)
-    kv = [_kv(cache, l) for l in range(n_layers)]
-    return _Clean(resid_pre=list(out.hidden_states[:n_layers]), keys=[k for k, _ in kv],
-                  values=[v for _, v in kv], logits=out.logits)
+def _cat(prefix: Tensor, new: Tensor) -> Tensor:
+    return new if prefix.shape[2] == 0 else torch.cat([prefix, new], 2)
 
 
 def _groups(cells: list[tuple[int, int, int]], n: int, max_rows: int, span: int) -> list[list[tuple[int, int, int]]]:
-    """Cells ``(index, layer, position)`` grouped by blocks of ``span`` consecutive positions,
-    at most ``max_rows // n`` cells per group."""
+    """Cells ``(index, layer, position)`` grouped by blocks of ``span`` consecutive positions
+    (first block first), at most ``max_rows // n`` cells per group."""
     per = max(1, max_rows // n)
     by_block: dict[int, list[tuple[int, int, int]]] = {}
     for c in cells:
@@ -191,6 +189,31 @@ def _groups(cells: list[tuple[int, int, int]], n: int, max_rows: int, span: int)
         block = sorted(by_block[key], key=lambda c: (c[1], c[2]))
         out += [block[i:i + per] for i in range(0, len(block), per)]
     return out
+
+
+@dataclass
+class _Clean:
+    """The recipient's clean run, filled in by the first group: per layer, the residual stream
+    entering it ``[N, T, d]`` and its keys and values ``[N, kv, T, d_head]``; the logits at the
+    metric's coordinates ``[n, vocab]``."""
+
+    resid_pre: list[Tensor] = field(default_factory=list)
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    logits: Tensor | None = None
+
+
+def _donor_values(donor: Donor, todo: list[tuple[int, int, int]], n: int, device: Any) -> dict[int, Tensor]:
+    """The donor's value of each cell, ``{cell index: [N, d]}``, one gather per layer."""
+    vals: dict[int, Tensor] = {}
+    for layer_idx in sorted({c[1] for c in todo}):
+        here = [c for c in todo if c[1] == layer_idx]
+        ps = torch.tensor([c[2] for c in here])
+        got = donor.values(f"blocks.{layer_idx}.hook_resid_pre", torch.arange(n).repeat(len(here)),
+                           ps.repeat_interleave(n)).to(device)
+        for j, c in enumerate(here):
+            vals[c[0]] = got[j * n:(j + 1) * n]
+    return vals
 
 
 def prefix_sweep(
@@ -205,6 +228,10 @@ def prefix_sweep(
     on_cells: Any = None,
 ) -> Float[Tensor, "k batch"]:
     """The metric of each ``hook_resid_pre`` cell, computed with prefix reuse: ``[K, N]``.
+
+    The recipient's clean run is computed alongside the first group of cells: its rows enter at
+    layer 0 and give every other row its clean residual stream, keys and values, and the
+    unpatched metric (the value of cells without effect).
 
     Args:
         backend: the recipient's backend (its checkpoint's Hugging Face model is run).
@@ -235,75 +262,90 @@ def prefix_sweep(
         parsed.append((i, layer, int(c.positions)))
     model = _model(backend)
     inner = model.model
+    layers = inner.layers
+    n_layers = len(layers)
     n, t = len(batch), batch.seq_len
     span = span or max(1, -(-t // 2))
     kernel = model.config._attn_implementation
-    layers = inner.layers
     cache_kw = "cache" if "cache" in inspect.signature(layers[0].forward).parameters else "past_key_values"
+    device = next(model.parameters()).device
+    todo = [c for c in parsed if c[2] < t]  # a token beyond every input patches nothing
+    out: list[Tensor | None] = [None] * len(cells)
     with torch.inference_mode():
-        clean = _clean_pass(model, batch)
-        device = clean.logits.device
+        vals = _donor_values(donor, todo, n, device)
+        groups = _groups(todo, n, max_rows, span)
+        if not groups or min(c[2] for c in groups[0]) // span != 0:
+            groups.insert(0, [])  # the clean run needs a group that starts at token 0
         rows_m, cols_m = plan.index.rows.to(device), plan.index.cols.to(device)
-        base_vals = plan.reduce(clean.logits[rows_m, cols_m], 1)[0]
-        out = base_vals.detach().cpu()[None].repeat(len(cells), 1)
-        todo = []
-        skipped = 0
-        for i, layer, p in parsed:
-            if p >= t:
-                skipped += 1  # beyond every input: unpatched
-                continue
-            vals = donor.values(cells[i].sites[0], torch.arange(n), torch.full((n,), p)).to(device)
-            if torch.equal(vals.to(clean.resid_pre[layer].dtype), clean.resid_pre[layer][:, p]):
-                skipped += 1  # writes the values already there: a no-op
-                continue
-            todo.append((i, layer, p, vals))
-        if on_cells is not None and skipped:
-            on_cells(skipped)
-        vals_of = {i: v for i, _, _, v in todo}
-        for group in _groups([(i, l, p) for i, l, p, _ in todo], n, max_rows, span):
-            p0 = min(c[2] for c in group)
+        clean = _Clean()
+        pos_all = batch.position_ids.to(device)
+        for g, group in enumerate(groups):
+            with_clean = g == 0
+            p0 = 0 if with_clean else min(c[2] for c in group)
             w = t - p0
-            pos = batch.position_ids[:1, p0:].to(device)
-            cos_sin = inner.rotary_emb(clean.resid_pre[0][:1, p0:], pos)
-            h = clean.resid_pre[0].new_zeros((0, w, clean.resid_pre[0].shape[-1]))
-            prob = torch.zeros(0, dtype=torch.long, device=device)
-            order: list[int] = []
+            pos = pos_all[:1, p0:]
+            h = inner.embed_tokens(batch.input_ids.to(device)) if with_clean else None
+            cos_sin = inner.rotary_emb(h if with_clean else clean.resid_pre[0], pos)
             query = torch.unique(cols_m[cols_m >= p0])  # tokens whose logits the metric reads
-            last = len(layers) - 1
+            prob = torch.arange(n, device=device) if with_clean else torch.zeros(0, dtype=torch.long, device=device)
+            order: list[int] = []
             for layer_idx, layer in enumerate(layers):
+                if with_clean:
+                    clean.resid_pre.append(h[:n])
                 start = [c for c in group if c[1] == layer_idx]
                 if start:
-                    new = clean.resid_pre[layer_idx][:, p0:].repeat(len(start), 1, 1)
-                    for j, (i, _, p) in enumerate(start):
-                        new[j * n:(j + 1) * n, p - p0] = vals_of[i].to(new.dtype)
-                    h = torch.cat([h, new], 0)
-                    prob = torch.cat([prob, torch.arange(n, device=device).repeat(len(start))])
-                    order += [i for i, _, _ in start]
-                if h.shape[0] == 0:
+                    base = clean.resid_pre[layer_idx][:, p0:]
+                    v = torch.stack([vals[c[0]] for c in start]).to(base.dtype)  # [s, N, d]
+                    rel = torch.tensor([c[2] - p0 for c in start], device=device)
+                    same = (v == base[:, rel].transpose(0, 1)).flatten(1).all(1)  # writes what is there
+                    keep = (~same).nonzero()[:, 0]
+                    if len(keep):
+                        k = len(keep)
+                        new = base.repeat(k, 1, 1)
+                        new[torch.arange(k * n, device=device), rel[keep].repeat_interleave(n)] = v[keep].reshape(k * n, -1)
+                        h = new if h is None else torch.cat([h, new], 0)
+                        prob = torch.cat([prob, torch.arange(n, device=device).repeat(k)])
+                        order += [start[j][0] for j in keep.tolist()]
+                if h is None:
                     continue
-                pk, pv = clean.keys[layer_idx][prob, :, :p0], clean.values[layer_idx][prob, :, :p0]
-                if layer_idx == last and len(query) < w:
-                    h = _last_layer(layer, h, pk, pv, p0, query, cos_sin, pos, kernel, cache_kw)
-                    cols_in_h = {int(c): k for k, c in enumerate(query.tolist())}
+                pk = clean.keys[layer_idx][prob, :, :p0] if p0 else h.new_zeros((h.shape[0], 0, 0, 0))
+                pv = clean.values[layer_idx][prob, :, :p0] if p0 else pk
+                if layer_idx == n_layers - 1 and len(query) < w:
+                    h, keys, values = _last_layer(layer, h, pk, pv, p0, query, cos_sin, pos, kernel, cache_kw)
+                    cols_in_h = {int(c): j for j, c in enumerate(query.tolist())}
                 else:
-                    h = layer(h, attention_mask=_mask(torch.arange(p0, t, device=device), torch.arange(t, device=device),
-                                                      kernel, h.dtype),
-                              position_ids=pos, use_cache=True, position_embeddings=cos_sin, **{cache_kw: _PrefixCache(pk, pv)})
+                    cache = _Capture(pk, pv)
+                    mask = _mask(torch.arange(p0, t, device=device), torch.arange(t, device=device), kernel, h.dtype)
+                    h = layer(h, attention_mask=mask, position_ids=pos, use_cache=True, position_embeddings=cos_sin,
+                              **{cache_kw: cache})
                     h = h[0] if isinstance(h, tuple) else h
+                    keys, values = cache.new_keys, cache.new_values
                     cols_in_h = {c: c - p0 for c in range(p0, t)}
+                if with_clean:
+                    clean.keys.append(keys[:n])
+                    clean.values.append(values[:n])
+            if with_clean:  # the clean rows' logits at every metric coordinate
+                ci = torch.tensor([cols_in_h[int(x)] for x in cols_m.tolist()], dtype=torch.long, device=device)
+                clean.logits = model.lm_head(inner.norm(h[rows_m, ci]))
             m = len(order)
-            tiled = plan.tiled(m)
-            r, c = tiled.rows.to(device), tiled.cols.to(device)
-            inside = c >= p0
-            logits = clean.logits[r % n, c].clone()
-            if bool(inside.any()):
-                ci = torch.tensor([cols_in_h[int(x)] for x in c[inside].tolist()], dtype=torch.long, device=device)
-                hsel = h[r[inside], ci]
-                logits[inside] = model.lm_head(inner.norm(hsel)).to(logits.dtype)
-            vals = plan.reduce(logits, m).detach().cpu()
-            for j, i in enumerate(order):
-                out[i] = vals[j]
-            if on_cells is not None:
-                on_cells(m)
-    log.debug("prefix sweep: %d cells, %d no-ops skipped", len(cells), skipped)
-    return out
+            if m:
+                tiled = plan.tiled(m)
+                r, c = tiled.rows.to(device) + (n if with_clean else 0), tiled.cols.to(device)
+                inside = c >= p0
+                logits = clean.logits.repeat(m, 1)
+                if bool(inside.any()):
+                    ci = torch.tensor([cols_in_h[int(x)] for x in c[inside].tolist()], dtype=torch.long, device=device)
+                    logits[inside] = model.lm_head(inner.norm(h[r[inside], ci])).to(logits.dtype)
+                got = plan.reduce(logits, m).detach().cpu()
+                for j, i in enumerate(order):
+                    out[i] = got[j]
+                if on_cells is not None:
+                    on_cells(m)
+        base_vals = plan.reduce(clean.logits, 1)[0].detach().cpu()
+    rest = [i for i in range(len(cells)) if out[i] is None]  # writes what is there, or beyond every input
+    for i in rest:
+        out[i] = base_vals
+    if on_cells is not None and rest:
+        on_cells(len(rest))
+    log.debug("prefix sweep: %d cells, %d without effect (no forward pass)", len(cells), len(rest))
+    return torch.stack(out, 0)  # type: ignore[arg-type]
