@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--post-store", metavar="DIR", help="a second store (post-RL) for transfer")
     ap.add_argument("--post-labels", metavar="FILE.jsonl", help="per-problem labels of the second model")
     ap.add_argument("--target", nargs="+", default=["strategy"], choices=TARGETS, help="targets to probe")
-    ap.add_argument("--hook", default="hook_resid_post", help="block hook to read (blocks.{l}.HOOK)")
+    ap.add_argument("--hook", nargs="+", default=["hook_resid_post"],
+                    help="block hook(s) to read (blocks.{l}.HOOK); the first is the primary one")
     ap.add_argument("--position", default="prompt_end", help="prompt_end, or step (for step_value)")
     ap.add_argument("--layers", type=int, nargs="*", help="layers to probe (default: all in the store)")
     ap.add_argument("--trace-strategy", default="natural", choices=("natural", "forward", "backward"),

@@ -8,12 +8,14 @@ models themselves it adds the steering dose-response at each model's best strate
     probe_report("runs/x/cache/pre", "runs/x/cache/post", "runs/x/behavior.pre.jsonl",
                  "runs/x/behavior.post.jsonl", "runs/x/probes", models=("ckpt/pre", "ckpt/post"))
 
-``probes.json`` (``schema_version`` 1): ``config``, ``settings`` (hook, position, targets,
-steering doses), ``split`` (held-out chains), ``models[NAME][TARGET]`` (the
-:func:`~probes.probing.sweep.probe_layers` summaries), ``transfer[TARGET]``
-(:func:`~probes.probing.transfer.probe_transfer`), ``steering[NAME]``
-(:func:`~probes.probing.steering.steering_dose_response`, or ``status = "skipped"`` with the
-reason) and ``figures`` (paths relative to the output folder). Written atomically.
+``probes.json`` (``schema_version`` 1): ``config``, ``settings`` (hooks, position, targets,
+steering doses), ``split`` (held-out chains, shared by every model, hook and target),
+``models[NAME][TARGET]`` (the :func:`~probes.probing.sweep.probe_layers` summaries of the
+primary hook), ``transfer[TARGET]`` (:func:`~probes.probing.transfer.probe_transfer`),
+``sites[HOOK]`` (``models`` and ``transfer`` of every hook, when several are probed),
+``steering[NAME]`` (:func:`~probes.probing.steering.steering_dose_response` at the primary hook,
+or ``status = "skipped"`` with the reason) and ``figures`` (paths relative to the output
+folder; hooks after the first prefix theirs with the hook name). Written atomically.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def run_probes(
     out_dir: str | Path,
     *,
     targets: Sequence[str] = DEFAULT_TARGETS,
-    hook: str = "hook_resid_post",
+    hook: str | Sequence[str] = "hook_resid_post",
     position: str = "prompt_end",
     layers: Sequence[int] | None = None,
     config: ProbeConfig | None = None,
@@ -155,7 +157,9 @@ def run_probes(
             (that model's behaviour rows: its greedy strategy, correctness, logit difference).
         out_dir: output folder (``probes.json``, ``figures/*.png``).
         targets: names from :data:`~probes.probing.targets.TARGETS`.
-        hook, position, layers: what to read (:func:`~probes.probing.source.read_probe_set`).
+        hook: one block hook or several (``hook_resid_post``, ``hook_attn_out``, ...), each probed
+            at every layer; the first is the primary one (``models``, ``transfer``, steering).
+        position, layers: what to read (:func:`~probes.probing.source.read_probe_set`).
         config: :class:`~probes.probing.sweep.ProbeConfig`.
         models: model name -> checkpoint directory, ``Checkpoint`` or ``(model, tokenizer)``; when
             given, the steering dose-response runs at the model's best strategy layer.
@@ -164,13 +168,17 @@ def run_probes(
         progress: tqdm bars.
 
     Returns:
-        The dict written to ``probes.json`` (see the module docstring).
+        The dict written to ``probes.json`` (see the module docstring); with several hooks,
+        ``sites[HOOK]`` holds each hook's ``models`` and ``transfer``.
 
     Raises:
         ValueError: an unknown target, or ``labels`` without an entry for a store.
-        KeyError: a store without the requested hook.
+        KeyError: a store without a requested hook.
     """
     cfg = config or ProbeConfig()
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    if not hooks:
+        raise ValueError("no hook given")
     for t in targets:
         if t not in TARGETS:
             raise ValueError(f"unknown target {t!r}: use one of {list(TARGETS)}")
@@ -178,53 +186,75 @@ def run_probes(
     if missing:
         raise ValueError(f"no labels for model(s) {missing}")
     out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
     labs = {n: (v if isinstance(v, Labels) else load_labels(v)) for n, v in labels.items()}
     opened = {n: (open_store(s) if isinstance(s, (str, os.PathLike)) else s) for n, s in stores.items()}
-    sets = {n: read_probe_set(s, hook, position, layers, progress=progress) for n, s in opened.items()}
-    sets = align_probe_sets(sets)
+    result: dict = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "figures": [], "sites": {}}
+    primary = None
+    for h in hooks:
+        sets = {n: read_probe_set(s, h, position, layers, progress=progress) for n, s in opened.items()}
+        sets = align_probe_sets(sets)
+        names = list(sets)
+        if primary is None:
+            strat = [build_target("strategy", sets[n].keys, sets[n].positions, labs[n]) for n in names]
+            test_groups = _shared_test_groups(sets[names[0]], strat, cfg)
+        prefix = "" if primary is None else f"{h}_"
+        site_res, fits = _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, result["figures"], progress)
+        result["sites"][h] = site_res
+        if primary is None:
+            primary = (h, sets, fits)
+    h, sets, fits = primary
     names = list(sets)
     ps0 = sets[names[0]]
-    strat = [build_target("strategy", sets[n].keys, sets[n].positions, labs[n]) for n in names]
-    test_groups = _shared_test_groups(ps0, strat, cfg)
-    result: dict = {
-        "schema_version": SCHEMA_VERSION,
-        "config": cfg.to_dict(),
-        "settings": {"hook": hook, "position": position, "layers": ps0.layers, "targets": list(targets),
-                     "models": names, "steer_alphas": list(steer_alphas)},
-        "split": {"n_test_chains": int(len(test_groups)), "n_chains": int(len(np.unique(ps0.groups))),
-                  "grouping": "problem chain", "seed": cfg.seed},
-        "models": {n: {} for n in names}, "transfer": {}, "steering": {}, "figures": [],
-    }
+    result["settings"] = {"hook": h, "hooks": hooks, "position": position, "layers": ps0.layers,
+                          "targets": list(targets), "models": names, "steer_alphas": list(steer_alphas)}
+    result["split"] = {"n_test_chains": int(len(test_groups)), "n_chains": int(len(np.unique(ps0.groups))),
+                       "grouping": "problem chain", "seed": cfg.seed}
+    result["models"] = result["sites"][h]["models"]
+    result["transfer"] = result["sites"][h]["transfer"]
+    if len(hooks) == 1:
+        del result["sites"]
+    result["steering"] = _steering(models, names, fits, sets, labs, h, steer_alphas, steer_n, steer_generate,
+                                   steer_max_new_tokens, cfg, progress)
+    for n, dose in result["steering"].items():
+        result["figures"].append(str(figures.plot_dose_response(dose, out_dir / "figures" / f"steering_{n}.png")
+                                     .relative_to(out_dir)))
+    write_json_atomic(out_dir / "probes.json", result)
+    return _jsonable(result)
+
+
+def _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, figure_list, progress):
+    """Every target of one hook for every model: ``({"models", "transfer"}, fits)``."""
+    fig_dir = out_dir / "figures"
+    names = list(sets)
+    res: dict = {"models": {n: {} for n in names}, "transfer": {}}
     fits: dict[str, dict[str, LayerProbes]] = {n: {} for n in names}
     tgts: dict[str, dict] = {n: {} for n in names}
+
+    def add(path):
+        figure_list.append(str(path.relative_to(out_dir)))
+
     for t in targets:
         for n in names:
             tg = build_target(t, sets[n].keys, sets[n].positions, labs[n])
             tgts[n][t] = tg
-            log.info("probing %s of %s (%d layers)", t, n, len(sets[n].layers))
+            log.info("probing %s of %s at %s (%d layers)", t, n, sets[n].hook, len(sets[n].layers))
             fit = probe_layers(sets[n], tg, labs[n], cfg, test_groups=test_groups, progress=progress)
             fits[n][t] = fit
-            result["models"][n][t] = fit.summary
+            res["models"][n][t] = fit.summary
         summaries = {n: fits[n][t].summary for n in names}
         kind = tgts[names[0]][t].kind
         if kind == "continuous":
-            result["figures"].append(str(figures.plot_regression_curves(summaries, fig_dir / f"{t}_r2.png").relative_to(out_dir)))
+            add(figures.plot_regression_curves(summaries, fig_dir / f"{prefix}{t}_r2.png"))
         else:
             for fn, suffix in ((figures.plot_layer_curves, "layers"), (figures.plot_selectivity, "selectivity"),
                                (figures.plot_within_type, "within_type")):
-                result["figures"].append(str(fn(summaries, fig_dir / f"{t}_{suffix}.png").relative_to(out_dir)))
+                add(fn(summaries, fig_dir / f"{prefix}{t}_{suffix}.png"))
         if len(names) == 2 and kind == "binary":
             a, b = names
             tr = probe_transfer(sets[a], sets[b], tgts[a][t], tgts[b][t], fits[a][t], fits[b][t], cfg, names=(a, b))
-            result["transfer"][t] = tr
-            result["figures"].append(str(figures.plot_transfer(tr, fig_dir / f"{t}_transfer.png").relative_to(out_dir)))
-    result["steering"] = _steering(models, names, fits, sets, labs, hook, steer_alphas, steer_n, steer_generate,
-                                   steer_max_new_tokens, cfg, progress)
-    for n, dose in result["steering"].items():
-        result["figures"].append(str(figures.plot_dose_response(dose, fig_dir / f"steering_{n}.png").relative_to(out_dir)))
-    write_json_atomic(out_dir / "probes.json", result)
-    return _jsonable(result)
+            res["transfer"][t] = tr
+            add(figures.plot_transfer(tr, fig_dir / f"{prefix}{t}_transfer.png"))
+    return res, fits
 
 
 def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress) -> dict:

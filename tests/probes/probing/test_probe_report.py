@@ -125,3 +125,30 @@ def test_fit_cli_reports_a_missing_store_and_bad_arguments(tmp_path, organism_pa
     r = subprocess.run([sys.executable, "-m", "probes.fit", "--store", "x", "--labels", str(lp), "--out", "o",
                         "--test-size", "2"], capture_output=True, text=True, env=cli_env)
     assert r.returncode == 2 and "test_size" in r.stderr
+
+
+def test_every_hook_of_a_store_is_probed_and_the_label_is_found_where_it_is_planted(tmp_path, make_twins,
+                                                                                     make_behaviour_rows):
+    from probes.probing.report import run_probes
+    from probes.probing.source import ArrayStore
+    from probes.probing.sweep import ProbeConfig
+    from probes.probing.synthetic import planted_activations
+    from probes.probing.targets import labels_from_rows
+
+    problems = make_twins(80, seed=31, steps=(2, 3))
+    data = planted_activations(len(problems), 4, 8, [0.0, 0.0, 0.0, 2.5], seed=4)
+    strategies = ["forward" if v else "backward" for v in data.y]
+    sites = {f"blocks.{layer}.hook_resid_post": data.X[layer] for layer in range(2)}
+    sites.update({f"blocks.{layer}.hook_mlp_out": data.X[2 + layer] for layer in range(2)})  # planted: mlp_out of 1
+    store = ArrayStore(sites, [p.id for p in problems])
+    res = run_probes({"model": store}, {"model": labels_from_rows(make_behaviour_rows(problems, strategies))},
+                     tmp_path, targets=("strategy",), hook=["hook_resid_post", "hook_mlp_out"],
+                     config=ProbeConfig(Cs=(0.01, 1.0), n_splits=3, n_boot=50), progress=False)
+    assert set(res["sites"]) == {"hook_resid_post", "hook_mlp_out"}
+    assert res["models"] == res["sites"]["hook_resid_post"]["models"]
+    resid = res["sites"]["hook_resid_post"]["models"]["model"]["strategy"]["per_layer"]
+    mlp = res["sites"]["hook_mlp_out"]["models"]["model"]["strategy"]
+    assert mlp["best_layer"] == 1 and mlp["per_layer"][1]["logistic"]["test"]["balanced_accuracy"]["value"] > 0.85
+    assert max(r["logistic"]["test"]["balanced_accuracy"]["value"] for r in resid) < 0.7
+    assert "figures/hook_mlp_out_strategy_layers.png" in res["figures"]
+    assert (tmp_path / "figures" / "hook_mlp_out_strategy_layers.png").read_bytes()[:8] == PNG
