@@ -29,15 +29,31 @@ def parse_steps(text: str) -> tuple[int, ...]:
 
 
 def held_out_problems(n: int, seed: int, steps: tuple[int, ...], fields=(11, 13)):
-    """``n`` evaluation problems: stratified round-robin over field x type x steps, from a
-    seed stream separate from every training stream (``eval-SEED``)."""
+    """``n`` distinct evaluation problems: stratified round-robin over field x type x steps, from
+    a seed stream separate from every training stream (``eval-SEED``).
+
+    Raises:
+        ValueError: a cell has fewer distinct problems than it is asked for (k = 1 cells hold
+            about 3 x p x p).
+    """
     import random
 
     from probes.task.problems import TYPES, random_problem
 
     rng = random.Random(f"eval-{seed}")
     cells = [(f, t, k) for k in steps for t in TYPES for f in fields]
-    return [random_problem(rng, *cells[i % len(cells)]) for i in range(n)]
+    out, seen = [], set()
+    for i in range(n):
+        for _ in range(1000):  # distinct problems: rows downstream are keyed by problem id
+            p = random_problem(rng, *cells[i % len(cells)])
+            if p.id not in seen:
+                break
+        else:
+            raise ValueError(f"cannot draw {n} distinct problems over {len(cells)} cells of steps {list(steps)}: "
+                             f"cell {cells[i % len(cells)]} is exhausted; ask for fewer problems or longer chains")
+        seen.add(p.id)
+        out.append(p)
+    return out
 
 
 def load_model(path: str):

@@ -29,6 +29,15 @@ resampling noise; the recovery conditions ask that the change is carried by the 
 (the prompt for routing, the trace for execution) and is readable by the pre-RL model's remaining
 layers. When the two models are identical both gaps are 0, both scores are undefined, and the
 label is ``neither``.
+
+**What the rule cannot see.** A change carried by weights *downstream* of the score site is
+transferred by no activation patch: at the default site (the last block's output) that is the
+final norm and the unembedding. RL that moves the strategy logits partly by moving the unembedding
+rows of ``F`` and ``B`` therefore scores ``S < 1`` even when the whole change is routing, and the
+label can be ``neither`` while the behavioural decomposition shows selection. The threshold stays
+at the majority it was set to before any organism was patched; read ``S`` and the behavioural check
+(the patch held during generation) beside the label, and lower ``recovery_threshold`` only as a
+decision stated before looking at the pair.
 """
 
 from __future__ import annotations

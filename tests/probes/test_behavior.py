@@ -39,6 +39,15 @@ def test_held_out_problems_are_stratified_and_reproducible():
     assert [p.id for p in ps] == [p.id for p in held_out_problems(80, seed=0, steps=(1, 2, 3, 4, 5))]
 
 
+def test_held_out_problems_are_distinct_even_where_short_chains_repeat():
+    # 400 problems over k = 1..2: 50 per (field, type, k) cell, where random draws of the
+    # 3 x 11 x 11 one-step chains of GF(11) collide often; ids key every downstream row
+    ps = held_out_problems(400, seed=0, steps=(1, 2))
+    assert len({p.id for p in ps}) == 400
+    with pytest.raises(ValueError, match="exhausted"):
+        held_out_problems(4 * 400, seed=0, steps=(1,))  # 400 per cell > 363 one-step GF(11) problems
+
+
 def test_steps_argument_parses_ranges_and_lists():
     assert parse_steps("1-3") == (1, 2, 3) and parse_steps("5,7") == (5, 7)
     with pytest.raises(Exception, match="range"):
