@@ -4,6 +4,13 @@ A checkpoint is a local Hugging Face directory (``config.json``, weights, tokeni
 Hub id where the Hub is reachable (or already in the local cache). ``trust_remote_code`` is
 always off: only architectures that ``transformers`` ships are loaded.
 
+Beyond one device: ``device_map="auto"`` (or any ``from_pretrained`` device map) shards the model
+over the visible GPUs with accelerate; ``remote=True`` asks for nnsight's remote execution on
+NDIF and fails at once, in one line, when no NDIF API key is set or the service cannot be reached
+(:func:`check_remote`). :func:`load_options` sets run-wide defaults for these (and for dtype and
+device) that every :func:`load_checkpoint` call without its own value follows; ``python -m
+probes.run`` sets them from its config around its stages.
+
 Example::
 
     >>> from activations.load import load_checkpoint
@@ -19,10 +26,14 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import torch
 
@@ -44,6 +55,163 @@ DTYPES: dict[str, torch.dtype] = {
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the problem and the fix."""
+
+
+class RemoteUnavailableError(CheckpointError):
+    """Remote execution on NDIF was asked for but cannot run here: no API key, or the service
+    does not answer. The message (one line) says which, and what to do."""
+
+
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+"""The named device maps ``from_pretrained`` (accelerate) accepts; an explicit
+``{module name: device}`` mapping is accepted too."""
+NDIF_TIMEOUT_S = 3.0
+"""Seconds the NDIF connectivity check waits (DNS, connection and answer together) before giving up."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Defaults for :func:`load_checkpoint` arguments left at None (see :func:`load_options`).
+
+    Attributes:
+        dtype, device: as in :func:`load_checkpoint` (None: ``"float32"``, ``"cpu"``).
+        device_map: a ``from_pretrained`` device map (``"auto"``...) or None (one device).
+        remote: run on NDIF through nnsight (``remote=True``).
+    """
+
+    dtype: str | None = None
+    device: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    remote: bool = False
+
+
+_OPTIONS: ContextVar[LoadOptions] = ContextVar("activations_load_options", default=LoadOptions())
+
+
+@contextmanager
+def load_options(**options: Any) -> Iterator[LoadOptions]:
+    """Run-wide defaults for every :func:`load_checkpoint` call made inside the block.
+
+    An argument passed to :func:`load_checkpoint` explicitly wins over the default. ``python -m
+    probes.run`` wraps its stages in this, so that all of them (and the code they call) load the
+    models with the run's ``dtype``, ``device``, ``device_map`` and ``remote``.
+
+    Example::
+
+        >>> with load_options(device_map="auto"):                      # doctest: +SKIP
+        ...     ckpt = load_checkpoint("runs/qwen-sft")                   # sharded over the GPUs
+
+    Raises:
+        TypeError: an unknown option (the fields of :class:`LoadOptions`).
+        ValueError: a bad device map (see :func:`check_device_map`).
+    """
+    opts = replace(_OPTIONS.get(), **{k: v for k, v in options.items() if v is not None})
+    check_device_map(opts.device_map)
+    token = _OPTIONS.set(opts)
+    try:
+        yield opts
+    finally:
+        _OPTIONS.reset(token)
+
+
+def check_device_map(device_map: Any) -> None:
+    """Accept None, one of :data:`DEVICE_MAPS`, or a mapping of module names to devices.
+
+    Raises:
+        ValueError: anything else (the message lists the accepted names).
+    """
+    if device_map is None or isinstance(device_map, dict):
+        return
+    if not isinstance(device_map, str) or device_map not in DEVICE_MAPS:
+        raise ValueError(f"unknown device_map {device_map!r}: use one of {list(DEVICE_MAPS)} "
+                         "or a mapping {module name: device}")
+
+
+def ndif_api_key() -> str | None:
+    """The NDIF API key nnsight would send: ``$NDIF_API_KEY``, else nnsight's config
+    (``~/.config/nnsight/config.yaml``, ``nnsight.CONFIG.set_default_api_key``); None if unset."""
+    key = os.environ.get("NDIF_API_KEY")
+    if key:
+        return key
+    try:
+        from nnsight import CONFIG
+    except ImportError:
+        return None
+    return CONFIG.API.APIKEY or None
+
+
+def ndif_host() -> str:
+    """The NDIF service URL nnsight would call: ``$NDIF_HOST``, else nnsight's config
+    (``https://api.ndif.us`` by default)."""
+    host = os.environ.get("NDIF_HOST")
+    if host:
+        return host
+    try:
+        from nnsight import CONFIG
+    except ImportError:
+        return "https://api.ndif.us"
+    return CONFIG.API.HOST
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why the service at ``url`` does not answer ``GET url/status`` with a 2xx within ``timeout``
+    seconds (None: it does).
+
+    An HTTP answer, not just a TCP connection, is asked for: behind a transparent proxy every TCP
+    connection succeeds. DNS resolution has no timeout of its own, so the request runs in a daemon
+    thread that is abandoned when the time is up: the check never waits longer than ``timeout``.
+    """
+    import urllib.error
+    import urllib.request
+
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    if not parsed.hostname or parsed.scheme not in ("http", "https"):
+        return f"{url!r} is not an http(s) URL"
+    status_url = parsed.geturl().rstrip("/") + "/status"
+    result: dict[str, str] = {}
+
+    def attempt() -> None:
+        try:
+            req = urllib.request.Request(status_url, headers={"User-Agent": "rl-probes"})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                result["ok"] = str(r.status)
+        except urllib.error.HTTPError as e:
+            result["error"] = f"HTTP {e.code} from {status_url}"
+        except (OSError, ValueError) as e:  # URLError, socket errors, timeouts, TLS errors
+            reason = getattr(e, "reason", e)
+            result["error"] = f"{type(reason).__name__}: {reason}"
+
+    t = threading.Thread(target=attempt, name="ndif-connectivity-check", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        return f"no answer from {status_url} within {timeout:g} s"
+    return None if "ok" in result else result.get("error", "unknown error")
+
+
+def check_remote(timeout: float = NDIF_TIMEOUT_S) -> str:
+    """Check that nnsight's remote execution on NDIF can run from here; returns the service URL.
+
+    First the API key (no network needed), then one ``GET /status`` of the service with a
+    ``timeout``-second limit, so that a machine without network fails in seconds, never hangs.
+
+    Raises:
+        RemoteUnavailableError: no key (message: how to set one) or no connection (message: the
+            URL, the reason, and the local alternative ``--device-map auto``). One line each.
+    """
+    url = ndif_host()
+    if not ndif_api_key():
+        raise RemoteUnavailableError(
+            "remote execution on NDIF needs an API key and none is set: export NDIF_API_KEY=<key> "
+            "(or nnsight.CONFIG.set_default_api_key('<key>'); keys from https://ndif.us); "
+            "without NDIF, shard the model locally with --device-map auto")
+    why = _unreachable(url, timeout)
+    if why is not None:
+        raise RemoteUnavailableError(
+            f"remote execution on NDIF: the service at {url} cannot be reached ({why}); "
+            "run where it is reachable (NDIF_HOST overrides the URL), or shard the model locally "
+            "with --device-map auto")
+    return url
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -215,7 +383,7 @@ def _check_tokenizer(tokenizer: Any, config: Any, source: str) -> None:
 
 
 def _load_model(source: str, *, dtype: torch.dtype, device: str, attn_implementation: str | None,
-                revision: str | None) -> Any:
+                revision: str | None, device_map: str | dict[str, Any] | None = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
@@ -223,6 +391,10 @@ def _load_model(source: str, *, dtype: torch.dtype, device: str, attn_implementa
         kwargs["attn_implementation"] = attn_implementation
     if revision is not None:
         kwargs["revision"] = revision
+    if device_map is not None:
+        # accelerate places (and, over several devices, hooks) the modules; no .to() afterwards
+        kwargs["device_map"] = device_map
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs).eval()
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     return model.to(device).eval()
 
@@ -256,10 +428,12 @@ def load_tokenizer(source: str, revision: str | None = None) -> Any:
 def load_checkpoint(
     source: str | os.PathLike,
     *,
-    dtype: str | torch.dtype = "float32",
-    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
     attn_implementation: str | None = None,
     revision: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    remote: bool | None = None,
 ) -> Checkpoint:
     """Load a causal LM and its tokenizer from a directory or a Hub id.
 
@@ -267,20 +441,44 @@ def load_checkpoint(
         source: a local checkpoint directory (with ``config.json`` and the tokenizer files) or a
             Hub id (``"Qwen/Qwen2.5-1.5B-Instruct"``), used only if it is not a local directory.
         dtype: the dtype to load the weights in (``"float32"``, ``"bfloat16"``, ``"float16"``).
-        device: where to put the model (``"cpu"``, ``"cuda:0"``...).
+            None: the :func:`load_options` default, else ``"float32"``.
+        device: where to put the model (``"cpu"``, ``"cuda:0"``...). None: the
+            :func:`load_options` default, else ``"cpu"``. Ignored with a ``device_map``.
         attn_implementation: ``"eager"``, ``"sdpa"``... (None: the ``transformers`` default).
             Activations agree to ~1e-6 between kernels, exactly within one.
         revision: a Hub revision (branch, tag or commit), for Hub ids.
+        device_map: passed to ``from_pretrained`` (accelerate): ``"auto"`` shards the layers over
+            the visible GPUs (then CPU), or a ``{module name: device}`` mapping. None: the
+            :func:`load_options` default (one device). ``Checkpoint.device`` is then the device
+            of the input embedding, where inputs go.
+        remote: nnsight remote execution on NDIF. None: the :func:`load_options` default.
+            Checked first (:func:`check_remote`), before anything is read.
 
     Returns:
         A :class:`Checkpoint` with the model in eval mode; ``trust_remote_code`` is off.
 
     Raises:
+        RemoteUnavailableError: ``remote`` without an NDIF API key or without a connection to
+            NDIF (raised within :data:`NDIF_TIMEOUT_S` seconds).
         CheckpointError: the source is neither a checkpoint directory nor a Hub id that can be
             fetched (offline with ``HF_HUB_OFFLINE=1`` and not in the cache), the directory has no
-            ``config.json``, the tokenizer is missing or slow, or it does not fit the model.
-        ValueError: an unknown dtype.
+            ``config.json``, the tokenizer is missing or slow, or it does not fit the model; a
+            ``device_map`` without accelerate installed; ``remote`` where NDIF is reachable (the
+            backends do not send traces to NDIF yet, so nothing would run there).
+        ValueError: an unknown dtype or device map.
     """
+    opts = _OPTIONS.get()
+    remote = opts.remote if remote is None else remote
+    if remote:
+        url = check_remote()
+        raise CheckpointError(
+            f"NDIF at {url} is reachable with a key, but this suite's backends run nnsight traces "
+            "locally only (activations/backends/nnsight_backend.py does not pass remote=True yet); "
+            "shard the model locally with --device-map auto instead")
+    dtype = dtype if dtype is not None else (opts.dtype or "float32")
+    device = device if device is not None else (opts.device or "cpu")
+    device_map = device_map if device_map is not None else opts.device_map
+    check_device_map(device_map)
     torch_dtype = parse_dtype(dtype)
     src = str(source)
     if _is_local(src):
@@ -303,9 +501,11 @@ def load_checkpoint(
             "(unset HF_HUB_OFFLINE) or pass a local directory"
         ) from None
     load_kwargs = dict(dtype=torch_dtype, device=str(device),
-                       attn_implementation=attn_implementation, revision=revision)
+                       attn_implementation=attn_implementation, revision=revision, device_map=device_map)
     try:
         model = _load_model(src, **load_kwargs)
+    except ImportError as e:
+        raise CheckpointError(f"device_map={device_map!r} needs accelerate: pip install accelerate ({e})") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"cannot load the model weights of {src}: {e}. For a Hub id, make the Hub reachable "
@@ -313,6 +513,11 @@ def load_checkpoint(
             "architectures transformers ships can be loaded"
         ) from None
     _check_tokenizer(tokenizer, model.config, src)
-    log.info("loaded %s (%s, %s, %s)", src, type(model).__name__, dtype_name(torch_dtype), device)
+    if device_map is not None:  # inputs go where the embedding is
+        device = model.get_input_embeddings().weight.device
+        log.info("loaded %s (%s, %s, device_map %s: %s)", src, type(model).__name__, dtype_name(torch_dtype),
+                 device_map, sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()}))
+    else:
+        log.info("loaded %s (%s, %s, %s)", src, type(model).__name__, dtype_name(torch_dtype), device)
     return Checkpoint(model=model, tokenizer=tokenizer, source=src, dtype=torch_dtype,
                       device=torch.device(device), load_kwargs=load_kwargs)

@@ -14,6 +14,17 @@ each reading and writing only the run folder (DESIGN.md, "The pipeline"):
 
 Rerunning the same command reuses finished stages (their input hash: config, checkpoint
 weights and upstream outputs) and resumes an interrupted one.
+
+``--grid`` runs every shipped pair (discovered from the checkpoints' cards, ``probes.grid``),
+each into its own subfolder, and adds the table across pairs (``grid.md``, ``grid.json`` and a
+report). A bad argument is a one-line ``error:`` on stderr and exit status 2.
+
+Real scale (README, "Real scale"): ``--config configs/qwen2.5-1.5b-instruct.yaml`` for
+Qwen2.5-1.5B-Instruct checkpoints; ``--device-map auto`` shards each model over the visible GPUs
+(accelerate); ``--remote`` asks for nnsight on NDIF and stops at once, in one line, without an
+API key or a connection. Every stage loads its models with the run's dtype, device, device map
+and remote (``activations.load.load_options``). Each stage's line on stderr gives its time and
+the process's peak RSS so far.
 """
 
 from __future__ import annotations
@@ -25,22 +36,46 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
-from probes.runfolder import RunFolder, stable_hash, write_json
+from probes.runfolder import RunFolder, read_json, stable_hash, write_json
+from probes.runconfig import DEVICE_MAPS
 from probes.stages import STAGES
 
 SCHEMA_VERSION = 1
+DEFAULT_GRID_ROOT = "checkpoints/organism"
+
+
+def _error(message: str) -> NoReturn:
+    """A bad argument: one line on stderr, exit status 2 (as argparse)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python -m probes.run --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m probes.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m probes.run", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pre-rl", metavar="DIR", help="the checkpoint before RL (default: the shipped organism's SFT)")
     ap.add_argument("--post-rl", metavar="DIR", help="the checkpoint after RL (default: the shipped organism's RL)")
     ap.add_argument("--config", metavar="FILE.yaml", help="a run config (fields of probes.runconfig.RunConfig)")
     ap.add_argument("--out", metavar="DIR", help="the run folder (default: runs/NAME)")
     ap.add_argument("--name", help="the run's name (default: main, or quick with --quick)")
-    ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run (at real scale, "
+                    "1e8+ parameters, patching is trimmed further: probes.runconfig.QUICK_AT_SCALE)")
+    ap.add_argument("--device-map", choices=DEVICE_MAPS, default=None,
+                    help="shard each model over the visible GPUs with accelerate (from_pretrained device_map)")
+    ap.add_argument("--remote", action="store_true", default=None,
+                    help="run the models on NDIF through nnsight (needs NDIF_API_KEY and the network; checked first)")
+    ap.add_argument("--grid", nargs="?", const=DEFAULT_GRID_ROOT, metavar="ROOT",
+                    help="run every pre-RL/post-RL pair whose RL checkpoint's card names its SFT init, under ROOT "
+                         f"(default {DEFAULT_GRID_ROOT}), and add the table across pairs (default --out runs/grid)")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run (default: all)")
     ap.add_argument("--force", action="store_true", help="rerun the chosen stages even if finished")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -57,11 +92,22 @@ def _weights_id(path: str) -> str:
 
 
 def resolve_config(args: argparse.Namespace):
+    """The validated run config from the flags and ``--config``.
+
+    Raises:
+        SystemExit: (status 2) after a one-line ``error:`` naming the bad flag, file or field.
+    """
+    import yaml
     from pydantic import ValidationError
 
     from probes.runconfig import QUICK, RunConfig
 
-    over = {"pre_rl": args.pre_rl, "post_rl": args.post_rl, "out": args.out, "name": args.name}
+    if args.grid and (args.pre_rl or args.post_rl):
+        _error("error: --grid runs every shipped pair; it takes no --pre-rl/--post-rl")
+    if not args.config and bool(args.pre_rl) != bool(args.post_rl):
+        _error("error: --pre-rl and --post-rl go together (give both, or neither for the shipped pair)")
+    over = {"pre_rl": args.pre_rl, "post_rl": args.post_rl, "out": args.out, "name": args.name,
+            "device_map": getattr(args, "device_map", None), "remote": getattr(args, "remote", None)}
     base = dict(QUICK, name="quick") if args.quick else {}
     try:
         if args.config:
@@ -69,16 +115,140 @@ def resolve_config(args: argparse.Namespace):
         else:
             cfg = RunConfig(**{**base, **{k: v for k, v in over.items() if v is not None}})
     except FileNotFoundError:
-        raise SystemExit(f"error: no such config file: {args.config}")
+        _error(f"error: --config {args.config}: no such file")
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as e:
+        _error(f"error: --config {args.config}: not a readable YAML file ({type(e).__name__})")
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        _error(f"error: --config {args.config}: not valid YAML{at} ({getattr(e, 'problem', None) or e})")
     except ValidationError as e:
         first = e.errors()[0]
-        raise SystemExit(f"error: invalid run config field {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        field = ".".join(map(str, first["loc"])) or "(top level)"
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = f"unknown field; the fields are {', '.join(RunConfig.model_fields)}"
+        _error(f"error: invalid run config field {field}: {msg}")
+    except ValueError as e:
+        _error(f"error: --config {args.config}: {e}")
+    check_scope(cfg)
+    if cfg.folder.exists() and not cfg.folder.is_dir():
+        _error(f"error: --out {cfg.folder} is a file, not a run folder")
+    _check_patching_overrides(cfg)
+    if not args.grid:
+        check_checkpoints(cfg.pre_rl, cfg.post_rl)
+        check_dims(cfg)
+        if args.quick:
+            cfg = quick_at_scale(cfg)
+    return cfg
+
+
+def check_scope(cfg) -> None:
+    """What must hold before anything is read: NDIF reachable with a key for ``remote`` (within
+    ``activations.load.NDIF_TIMEOUT_S`` seconds; no hanging), and ``chat`` off.
+
+    Raises:
+        SystemExit: (status 2) after a one-line ``error:`` that says what is missing.
+    """
+    if cfg.remote:
+        from activations.load import RemoteUnavailableError, check_remote
+
+        try:
+            check_remote()
+        except RemoteUnavailableError as e:
+            _error(f"error: --remote: {e}")
+    if cfg.chat:
+        _error("error: chat: true (the task prompt inside the checkpoint's chat template) is not supported by the "
+               "stages yet: behaviour, cache and patching tokenize the plain prompt; set chat: false for checkpoints "
+               "trained on plain prompts (data.chat: false, the organism, activations.synth pairs)")
+
+
+def check_dims(cfg) -> None:
+    """Both checkpoints have ``cfg.expect_dims`` (read from ``config.json``; no weights loaded).
+
+    Raises:
+        SystemExit: (status 2) after a one-line ``error:`` naming the checkpoint and the dimension.
+    """
+    if not cfg.expect_dims:
+        return
+    from activations.dims import ModelDims
+    from transformers import AutoConfig
+
     for role, p in (("--pre-rl", cfg.pre_rl), ("--post-rl", cfg.post_rl)):
+        dims = ModelDims.from_config(AutoConfig.from_pretrained(p)).to_dict()
+        for key, want in cfg.expect_dims.items():
+            if dims[key] != want:
+                _error(f"error: {role} {p} has {key} {dims[key]}, the config expects {want} (expect_dims)")
+
+
+def quick_at_scale(cfg):
+    """``--quick`` on checkpoints of ``QUICK_AT_SCALE_PARAMS`` parameters or more: the patching of
+    ``probes.runconfig.QUICK_AT_SCALE`` on top (said on stderr), else ``cfg`` unchanged."""
+    from probes.runconfig import QUICK_AT_SCALE, QUICK_AT_SCALE_PARAMS, estimate_params
+
+    try:
+        n = estimate_params(json.loads((Path(cfg.pre_rl) / "config.json").read_text()))
+    except (OSError, ValueError, KeyError):
+        return cfg
+    if n < QUICK_AT_SCALE_PARAMS:
+        return cfg
+    patching = {**cfg.patching, **QUICK_AT_SCALE["patching"]}
+    print(f"--quick at {n / 1e9:.2f}B parameters: patching trimmed to the verdict's sites "
+          f"({', '.join(f'{k}={v}' for k, v in QUICK_AT_SCALE['patching'].items())})", file=sys.stderr)
+    return cfg.model_copy(update={"patching": patching})
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far, in GB (1e9 bytes; Linux ``ru_maxrss`` is KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _check_patching_overrides(cfg) -> None:
+    """The config's ``patching`` overrides must be fields of PatchingConfig (checked before any stage runs)."""
+    from pydantic import ValidationError
+
+    from probes.patching.config import PatchingConfig
+
+    try:
+        PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": "x", **cfg.patching})
+    except ValidationError as e:
+        first = e.errors()[0]
+        _error(f"error: invalid run config field patching.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+
+
+def check_checkpoints(pre: str, post: str) -> None:
+    """Both are checkpoint directories of one architecture with one tokenizer (read from their
+    ``config.json`` and tokenizer files; no weights are loaded).
+
+    Raises:
+        SystemExit: (status 2) after a one-line ``error:`` naming the checkpoint or the first mismatch.
+    """
+    from activations.pair import ARCHITECTURE_FIELDS, PairMismatchError, _config_value, check_tokenizers
+
+    for role, p in (("--pre-rl", pre), ("--post-rl", post)):
         if not (Path(p) / "config.json").exists():
-            raise SystemExit(f"error: {role} {p} is not a checkpoint directory (no config.json); "
+            _error(f"error: {role} {p} is not a checkpoint directory (no config.json); "
                              "train the organism (python -m probes.train grid --config configs/organism/grid.yaml) "
                              "or point at a checkpoint")
-    return cfg
+    from transformers import AutoConfig
+
+    from activations.load import load_tokenizer
+
+    try:
+        ca, cb = AutoConfig.from_pretrained(pre), AutoConfig.from_pretrained(post)
+        if getattr(ca, "architectures", None) != getattr(cb, "architectures", None):
+            raise PairMismatchError("model class", f"{ca.architectures} vs {cb.architectures}", ("pre-RL", "post-RL"))
+        for key in ARCHITECTURE_FIELDS:
+            va, vb = _config_value(ca, key), _config_value(cb, key)
+            if va != vb:
+                raise PairMismatchError(f"config.{key}", f"{va!r} vs {vb!r}", ("pre-RL", "post-RL"))
+        check_tokenizers(load_tokenizer(pre), load_tokenizer(post))
+    except PairMismatchError as e:
+        _error(f"error: {e}")
+    except (OSError, ValueError) as e:
+        _error(f"error: cannot read the checkpoints' config or tokenizer: {str(e).splitlines()[0]}")
 
 
 def stage_hashes(cfg) -> dict[str, str]:
@@ -87,7 +257,8 @@ def stage_hashes(cfg) -> dict[str, str]:
     own = {
         "behaviour": {"w": w, "n": cfg.n_problems, "steps": cfg.steps, "samples": cfg.samples, "forced": cfg.forced,
                       "seed": cfg.seed, "n_boot": cfg.n_boot},
-        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend, "dtype": cfg.dtype},
+        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend, "dtype": cfg.dtype,
+                  "chunk": cfg.cache_chunk},
         "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot},
         "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype},
         "verdict": {"schema": SCHEMA_VERSION},
@@ -165,7 +336,7 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
         "by_type": dec["by_type"],
         "strata": dec["strata"],
     }
-    timings = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES}
+    timings = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES if s != "verdict"}  # this stage is running
     return {
         "schema_version": SCHEMA_VERSION,
         "pre_rl": cfg.pre_rl, "post_rl": cfg.post_rl,
@@ -180,15 +351,31 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
 
 def write_run_report(cfg, run: RunFolder, res: dict):
     from analyses.behaviour import decomposition_figure, strategy_figure
+    from analyses.patching import recovery_figure
+    from analyses.probes import strategy_curve_figure
+    from analyses.verdict import verdict_table
     from probes.behavior.__main__ import format_table
     from probes.report import Figure, Section, write_report
 
     figs = [strategy_figure(run.root), decomposition_figure(run.root)]
+    headline = {"probes": None, "patching": None}
+    if (run.root / "probes" / "probes.json").exists():
+        headline["probes"] = strategy_curve_figure(run.root)
+    if (run.root / "patching" / "patching.json").exists():
+        headline["patching"] = recovery_figure(run.root)
     for sub in ("probes", "patching"):
-        for f in sorted((run.root / sub).rglob("*.png")):
+        listed = ((res.get(sub) or {}).get("figures") or [])  # the stage's own order (strategy first)
+        rank = {Path(x).name: i for i, x in enumerate(listed)}
+        for f in sorted((run.root / sub).rglob("*.png"), key=lambda f: (rank.get(f.name, len(rank)), f.name)):
             dest = run.root / "figures" / f"{sub}_{f.name}"
             shutil.copy2(f, dest)
             figs.append(dest)
+
+    def section_figures(sub: str, caption: str) -> list:
+        out = [Figure(str(headline[sub].relative_to(run.root)), caption)] if headline[sub] else []
+        return out + [Figure(str(f.relative_to(run.root)), f.stem.replace("_", " ")) for f in figs
+                      if f.name.startswith(f"{sub}_")]
+
     v = res["verdict"]
 
     def fmt(x, ci):
@@ -203,8 +390,11 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                 f"- improvement score (execution recovery under forced strategies): "
                 f"{fmt(v['improvement_score'], v['improvement_score_ci'])}"
                 + (f" ({v['improvement_score_undefined_reason']})" if v["improvement_score"] is None else "") + "\n"
-                f"- rule: {v['rule']}\n"
-                f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`"),
+                f"- behaviour: delta {fmt(pooled['delta'], pooled['delta_ci'])} = selection "
+                f"{fmt(pooled['selection'], pooled['selection_ci'])} + improvement "
+                f"{fmt(pooled['improvement'], pooled['improvement_ci'])}\n"
+                f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`\n\n"
+                "The evidence (analyses.verdict):\n\n" + verdict_table(res)),
         Section("Behaviour", "```\n" + format_table(json.loads((run.root / "behavior" / "behavior.json").read_text()))
                 + "\n```", [Figure("figures/behaviour_strategy.png", "P(forward) at the first response token, by type and k")]),
         Section("Decomposition",
@@ -215,9 +405,11 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                   "interaction is the one-sided ordering's at the pre-RL model's values.",
                 [Figure("figures/behaviour_decomposition.png", "delta = selection + improvement, with 95% bootstrap CIs")]),
         Section("Probes", "Linear probes at `prompt_end` of every layer (probes/probes.json).",
-                [Figure(str(f.relative_to(run.root)), f.stem.replace("_", " ")) for f in figs if f.name.startswith("probes_")]),
+                section_figures("probes", "strategy probe: held-out balanced accuracy per layer, pre-RL and post-RL, "
+                                "with baselines (analyses.probes)")),
         Section("Patching", "Cross-model, counterfactual and attribution patching (patching/patching.json).",
-                [Figure(str(f.relative_to(run.root)), f.stem.replace("_", " ")) for f in figs if f.name.startswith("patching_")]),
+                section_figures("patching", "cross-model patching: routing and execution recovery per layer "
+                                "(analyses.patching)")),
         Section("Methods and sources",
                 "- decomposition: acc = sum_s pi(s|x) a(s|x); Shapley split; percentile bootstrap over problems\n"
                 "- probes: Hewitt and Liang 2019 (arXiv 1909.03368); Marks and Tegmark 2023 (arXiv 2310.06824); "
@@ -226,45 +418,114 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                 "- counterfactual patching: Zhang and Nanda 2023 (arXiv 2309.16042); Heimersheim and Nanda 2024 "
                 "(arXiv 2404.15255)\n- attribution patching: Kramar et al. 2024 (arXiv 2403.00745)\n"
                 "- the task and the two mechanisms: Select and Improve (arXiv 2606.13125)\n"
-                "- stage times (s): " + ", ".join(f"{k} {v}" for k, v in res["stage_seconds"].items())),
+                "- stage times: " + ", ".join(f"{k} {t:.1f} s" for k, t in res["stage_seconds"].items() if t is not None)
+                + ", verdict and report (this stage) a few seconds"),
     ]
     return write_report(run.root, "What did RL change? Strategy selection vs strategy improvement", sections)
+
+
+def run_pipeline(cfg, stages=STAGES, force: bool = False, prefix: str = "") -> RunFolder:
+    """Run ``stages`` of one pair into ``cfg.folder``, reusing finished ones (their input hash)
+    unless ``force``; prints one line per stage on stderr. Returns the run folder."""
+    import yaml
+
+    from probes.task.jsonl import atomic_write_text
+
+    run = RunFolder(cfg.folder)
+    atomic_write_text(run.path("config.yaml"), yaml.safe_dump(cfg.model_dump(), sort_keys=True))
+    hashes = stage_hashes(cfg)
+    if not (run.root / "manifest.json").exists() or force:
+        write_json(run.path("manifest.json"), manifest(cfg))
+    for i, stage in enumerate(STAGES, 1):
+        if stage not in stages:
+            continue
+        tag = f"{prefix}[{i}/{len(STAGES)} {stage}]"
+        if run.is_done(stage, hashes[stage]) and not force:
+            print(f"{tag} up to date (finished earlier)", file=sys.stderr)
+            continue
+        print(f"{tag} running ...", file=sys.stderr)
+        t0 = time.time()
+        outputs = _stage_fn(stage)(cfg, run)
+        run.mark_done(stage, hashes[stage], time.time() - t0, outputs)
+        print(f"{tag} done in {time.time() - t0:.1f} s (peak RSS {peak_rss_gb():.1f} GB)", file=sys.stderr)
+    return run
+
+
+def _fmt_score(val, ci) -> str:
+    return "undefined" if val is None else f"{val:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def verdict_lines(run: RunFolder) -> list[str]:
+    """The verdict in a few lines (from ``results.json``), with each stage's time."""
+    res = read_json(run.root / "results.json")
+    v = res["verdict"]
+    lines = [f"verdict: {v['label']}"]
+    for k in ("selection", "improvement"):
+        why = v.get(f"{k}_score_undefined_reason")
+        lines.append(f"  {k} score: {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}" + (f" ({why})" if why else ""))
+    b = v["behaviour"]
+    lines.append(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
+    secs = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES}
+    lines.append("  stage times: " + ", ".join(f"{s} {t:.1f} s" for s, t in secs.items() if t is not None))
+    return lines
+
+
+def run_grid(args, cfg) -> int:
+    """``--grid``: every discovered pair into ``GRID/NAME``, then ``grid.json``, ``grid.md`` and the report."""
+    from probes.grid import discover_pairs, grid_markdown, grid_results, grid_row
+    from probes.task.jsonl import atomic_write_text
+
+    pairs = discover_pairs(args.grid)
+    out = args.out or cfg.out  # --out, else the config's out, else runs/grid (runs/grid-quick with --quick)
+    grid_dir = Path(out) if out else Path("runs") / (args.name or ("grid-quick" if args.quick else "grid"))
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    print(f"grid: {len(pairs)} pair(s) under {args.grid}: " + ", ".join(f"{p.sft} -> {p.name}" for p in pairs),
+          file=sys.stderr)
+    for p in pairs:
+        check_checkpoints(p.pre_rl, p.post_rl)
+    rows, lines = [], []
+    for p in pairs:
+        pcfg = cfg.model_copy(update={"pre_rl": p.pre_rl, "post_rl": p.post_rl, "out": str(grid_dir / p.name),
+                                      "name": p.name})
+        run = run_pipeline(pcfg, args.stages, args.force, prefix=f"[{p.name}] ")
+        if not (run.root / "results.json").exists():
+            lines.append(f"{p.name}: no results.json (run the verdict stage)")
+            continue
+        rows.append(grid_row(p, read_json(run.root / "results.json")))
+        lines += [f"{p.sft} -> {p.name}"] + ["  " + x for x in verdict_lines(run)]
+    write_json(grid_dir / "grid.json", grid_results(rows, args.grid))
+    table = grid_markdown(rows)
+    atomic_write_text(grid_dir / "grid.md", table + "\n")
+    from analyses.grid import write_grid_report
+
+    _, html = write_grid_report(grid_dir)
+    print("\n".join(lines))
+    print(table)
+    print(f"report: {html}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     cfg = resolve_config(args)
-    run = RunFolder(cfg.folder)
-    import yaml
+    from activations.load import CheckpointError
+    from activations.pair import PairMismatchError
+    from activations.store import StoreError
+    from probes.grid import GridError
 
-    from probes.task.jsonl import atomic_write_text
+    from activations.load import load_options
 
-    atomic_write_text(run.path("config.yaml"), yaml.safe_dump(cfg.model_dump(), sort_keys=True))
-    hashes = stage_hashes(cfg)
-    if not (run.root / "manifest.json").exists() or args.force:
-        write_json(run.path("manifest.json"), manifest(cfg))
-    for stage in STAGES:
-        if stage not in args.stages:
-            continue
-        if run.is_done(stage, hashes[stage]) and not args.force:
-            print(f"[{stage}] up to date (finished earlier)", file=sys.stderr)
-            continue
-        print(f"[{stage}] running ...", file=sys.stderr)
-        t0 = time.time()
-        outputs = _stage_fn(stage)(cfg, run)
-        run.mark_done(stage, hashes[stage], time.time() - t0, outputs)
-        print(f"[{stage}] done in {time.time() - t0:.1f} s", file=sys.stderr)
-    res_path = run.root / "results.json"
-    if res_path.exists():
-        res = json.loads(res_path.read_text())
-        v = res["verdict"]
-        print(f"verdict: {v['label']}")
-        for k in ("selection", "improvement"):
-            val, ci = v[f"{k}_score"], v[f"{k}_score_ci"]
-            print(f"  {k} score: " + ("undefined" if val is None else f"{val:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"))
-        b = v["behaviour"]
-        print(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
+    try:
+        # every stage loads its models with the run's dtype, device, device_map and remote
+        with load_options(dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map, remote=cfg.remote):
+            if args.grid:
+                return run_grid(args, cfg)
+            run = run_pipeline(cfg, args.stages, args.force)
+    except (GridError, CheckpointError, PairMismatchError, StoreError) as e:
+        _error(f"error: {e}")
+    if (run.root / "results.json").exists():
+        print("\n".join(verdict_lines(run)))
         print(f"report: {run.root / 'report.html'}")
     return 0
 

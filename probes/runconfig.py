@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_PRE = "checkpoints/organism/sft-fb"
 DEFAULT_POST = "checkpoints/organism/rl-fb-hard"
+DEVICE_MAPS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+"""The named device maps of ``from_pretrained`` (``activations.load.DEVICE_MAPS``)."""
+DIM_KEYS: tuple[str, ...] = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab")
+"""The keys ``expect_dims`` may name (fields of ``activations.dims.ModelDims``)."""
 
 
 class RunConfig(BaseModel):
@@ -29,6 +33,21 @@ class RunConfig(BaseModel):
         steer_n, steer_generate: the steering dose-response (probes stage).
         patching: overrides of :class:`probes.patching.config.PatchingConfig` fields.
         backend, dtype, device, batch_size: how models run.
+        cache_chunk: problems per chunk of the activation store (the unit an interrupted cache
+            stage resumes from).
+        device_map: shard each model over several devices with accelerate (``"auto"``,
+            ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a ``{module: device}``
+            mapping), passed to ``from_pretrained``; None: one ``device``.
+        remote: run the models on NDIF through nnsight (needs an NDIF API key and the network;
+            ``python -m probes.run`` checks both first and stops with a one-line error).
+        chat: wrap the task prompt in the checkpoint's chat template (a user turn, then the
+            assistant's turn is generated), as instruct checkpoints trained with ``data.chat:
+            true`` saw it. The stages tokenize the plain prompt today, so ``python -m probes.run``
+            refuses ``chat: true`` with a one-line error rather than measure the wrong input.
+        expect_dims: the dimensions both checkpoints must have (keys of
+            :class:`activations.dims.ModelDims`: ``n_layers``, ``d_model``, ``n_heads``,
+            ``n_kv_heads``, ``d_head``, ``d_mlp``, ``d_vocab``); checked from ``config.json``
+            before any stage runs. None: no check.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,8 +58,8 @@ class RunConfig(BaseModel):
     out: str | None = None
     n_problems: int = Field(400, ge=8)
     steps: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
-    samples: int = Field(4, ge=1)
-    forced: int = Field(2, ge=1)
+    samples: int = Field(2, ge=1)
+    forced: int = Field(1, ge=1)
     seed: int = 0
     probe_hook: str = "hook_resid_post"
     probe_position: str = "prompt_end"
@@ -52,6 +71,34 @@ class RunConfig(BaseModel):
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = Field(64, ge=1)
+    cache_chunk: int = Field(64, ge=1)
+    device_map: str | dict[str, Any] | None = None
+    remote: bool = False
+    chat: bool = False
+    expect_dims: dict[str, int] | None = None
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_known(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, dict) and v not in DEVICE_MAPS:
+            raise ValueError(f"unknown device map {v!r}: use one of {list(DEVICE_MAPS)} or a mapping {{module: device}}")
+        return v
+
+    @field_validator("expect_dims")
+    @classmethod
+    def _dims_known(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None:
+            unknown = sorted(set(v) - set(DIM_KEYS))
+            if unknown:
+                raise ValueError(f"unknown dimension(s) {unknown}: use {list(DIM_KEYS)}")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_positive(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("steps must be a non-empty list of chain lengths >= 1")
+        return v
 
     @property
     def folder(self) -> Path:
@@ -67,8 +114,40 @@ class RunConfig(BaseModel):
 
 
 QUICK: dict[str, Any] = dict(
-    n_problems=16, steps=[1, 2], samples=1, forced=1, steer_n=8, steer_generate=False, n_boot=100,
+    n_problems=16, steps=[1, 2], samples=1, forced=1, steer_n=8, steer_generate=False, n_boot=100, cache_chunk=4,
     patching=dict(n_problems=4, steps=[2], counterfactual_n=4, counterfactual_steps=2, behaviour_n=2,
                   n_boot=100, max_new_tokens=24),
 )
 """``--quick``: a seconds-long smoke run (tiny problem sets, few bootstrap draws)."""
+
+QUICK_AT_SCALE_PARAMS = 100_000_000
+"""``--quick`` on checkpoints of at least this many parameters (estimated from ``config.json``)
+also applies :data:`QUICK_AT_SCALE`."""
+QUICK_AT_SCALE: dict[str, Any] = dict(
+    patching=dict(n_problems=2, steps=[1], hooks=["hook_resid_post"], routing_positions=["prompt"],
+                  strategies=["forward"], counterfactual_n=0, behaviour_n=0, max_rows=16),
+)
+"""``--quick`` at real scale (Qwen2.5-1.5B: 1.5B parameters, 28 layers, vocabulary 151,936), where
+a patching sweep costs one full forward per layer and cell: patching is trimmed to what the
+verdict reads (``hook_resid_post`` at every layer, routing at the prompt, execution of forced
+forward traces, 2 problems of one step, at most 16 rows per forward so that the logits of a
+batch stay under 1 GB) without the counterfactual, attribution and generation checks. On two
+CPU cores in float32 this is tens of minutes, not hours; the other stages keep :data:`QUICK`."""
+
+
+def estimate_params(config: dict[str, Any]) -> int:
+    """Parameters of a decoder-only transformer from its ``config.json`` fields (embeddings,
+    attention with GQA and biases ignored, gated MLP, norms; the unembedding counted when untied).
+
+    Raises:
+        KeyError: a missing ``hidden_size``, ``num_hidden_layers`` or ``vocab_size``.
+    """
+    c = config.get("text_config") or config
+    d, n_layers, vocab = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["vocab_size"])
+    h = int(c.get("num_attention_heads") or 1)
+    d_head = int(c.get("head_dim") or d // h)
+    kv = int(c.get("num_key_value_heads") or h)
+    mlp = int(c.get("intermediate_size") or 4 * d)
+    per_layer = 2 * d * h * d_head + 2 * d * kv * d_head + 3 * d * mlp + 2 * d
+    emb = vocab * d * (1 if c.get("tie_word_embeddings", False) else 2)
+    return n_layers * per_layer + emb + d

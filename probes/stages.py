@@ -38,7 +38,8 @@ def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
 
 def cache(cfg: RunConfig, run: RunFolder) -> dict:
     """Activations of both checkpoints at every layer's ``probe_hook`` at ``probe_position``
-    (``store/pre``, ``store/post``); an interrupted store resumes from its finished chunks."""
+    (``store/pre``, ``store/post``), in chunks of ``cache_chunk`` problems; an interrupted store
+    resumes from its finished chunks (``activations.store.StoreWriter``)."""
     from activations.backends import make_backend
     from activations.cache import cache_activations, read_records
     from activations.load import load_checkpoint
@@ -46,11 +47,18 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
     records = read_records(run.path("problems.jsonl"))
     out = {}
     for role, src in (("pre", cfg.pre_rl), ("post", cfg.post_rl)):
+        root = run.path("store", role)
+        finished = sorted((root / "chunks").glob("*.json")) if (root / "chunks").exists() else []
+        if finished:
+            log.warning("cache %s: %d finished chunk(s) on disk from an earlier attempt; reused if made from the same "
+                        "inputs", role, len(finished))
         ckpt = load_checkpoint(src, dtype=cfg.dtype, device=cfg.device)
         backend = make_backend(cfg.backend, ckpt)
         store = cache_activations(backend, records, f"blocks.*.{cfg.probe_hook}", cfg.probe_position,
-                                  run.path("store", role), batch_size=cfg.batch_size)
-        out[role] = {"dir": f"store/{role}", "rows": store.n_rows}
+                                  root, batch_size=cfg.batch_size, chunk_size=cfg.cache_chunk,
+                                  overwrite=True)  # a store from other inputs is stale: this stage's hash changed
+        out[role] = {"dir": f"store/{role}", "rows": store.n_rows, "chunks": store.manifest["n_chunks"],
+                     "resumed_chunks": len(finished)}
     return out
 
 

@@ -84,3 +84,249 @@ def test_a_bad_config_field_is_named(tmp_path):
     cfg.write_text("n_problems: 2\n")
     r = subprocess.run([sys.executable, "-m", "probes.run", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode != 0 and "n_problems" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- acceptance 3 (swap), 5 (kill during cache), 4 (grid), bad arguments --------------------------------
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SFT, RL = "checkpoints/organism/sft-fb", "checkpoints/organism/rl-fb-hard"
+VOLATILE = {"stage_seconds", "timings_s", "out", "finished_at", "seconds"}
+"""Keys whose values are wall-clock times or the run folder's own path: not results."""
+
+
+def _main(*args, timeout=1800):
+    return subprocess.run([sys.executable, "-m", "probes.run", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _without_volatile(obj):
+    if isinstance(obj, dict):
+        return {k: _without_volatile(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [_without_volatile(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_swapping_pre_and_post_negates_delta_selection_and_improvement_exactly(quick_run, tmp_path):
+    r = _main("--quick", "--pre-rl", RL, "--post-rl", SFT, "--stages", "behaviour", "verdict", "--out", tmp_path / "swap")
+    assert r.returncode == 0, r.stderr[-3000:]
+    fwd = json.loads((quick_run.out / "results.json").read_text())["decomposition"]
+    rev = json.loads((tmp_path / "swap" / "results.json").read_text())["decomposition"]
+    groups = [("pooled", fwd["pooled"], rev["pooled"])] + [(t, fwd["by_type"][t], rev["by_type"][t]) for t in fwd["by_type"]] \
+        + [(s, fwd["strata"][s], rev["strata"][s]) for s in fwd["strata"]]
+    for name, a, b in groups:
+        for k in ("delta", "selection", "improvement"):
+            assert b[k] == -a[k], (name, k)  # exactly, not approximately
+            assert b[k + "_ci"] == pytest.approx([-a[k + "_ci"][1], -a[k + "_ci"][0]], abs=1e-12), (name, k)
+        for k in ("selection", "improvement", "interaction"):  # the one-sided orderings trade places
+            assert b["at_reference"][k] == -a["at_model"][k], (name, k)
+    assert fwd["pooled"]["selection"] != 0.0 or fwd["pooled"]["improvement"] != 0.0  # the check is not vacuous
+
+
+def _chunks(out):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "store").glob("*/chunks/*"))}
+
+
+@pytest.mark.slow
+def test_killing_the_run_during_cache_then_rerunning_reuses_finished_work_and_gives_the_same_results(quick_run, tmp_path):
+    """Acceptance 5. To save a behaviour stage, the run folder starts as the shared run's after its
+    behaviour stage (a copy, timestamps kept), as if an earlier attempt had got that far."""
+    out = tmp_path / "run"
+    later = ("store", "probes", "patching", "figures", "results.json", "report.md", "report.html")
+    shutil.copytree(quick_run.out, out, ignore=lambda d, names: [n for n in names if Path(d) == quick_run.out
+                                                                 and n in later])
+    for stage in ("cache", "probes", "patching", "verdict"):
+        (out / "stages" / f"{stage}.json").unlink()
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "probes.run", "--quick", "--out", str(out)], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 1500
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if any((out / "store").glob("*/chunks/*.json")):  # the cache stage has finished a chunk
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert (out / "stages" / "behaviour.json").exists() and not (out / "stages" / "cache.json").exists()
+    marker = (out / "stages" / "behaviour.json").read_bytes()
+    responses = (out / "behavior" / "behavior.model.jsonl").stat().st_mtime_ns
+    finished = {p: v for p, v in _chunks(out).items() if p.suffix == ".json"}
+    finished.update({p.with_suffix(".safetensors"): v for p, v in _chunks(out).items()
+                     if p.suffix == ".safetensors" and p.with_suffix(".json") in finished})
+    assert finished
+
+    r = _main("--quick", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[1/5 behaviour] up to date" in r.stderr and "[2/5 cache] running" in r.stderr
+    assert "[3/5 probes] running" in r.stderr and "[5/5 verdict] running" in r.stderr
+    assert "finished chunk(s) on disk" in r.stderr
+    assert (out / "stages" / "behaviour.json").read_bytes() == marker
+    assert (out / "behavior" / "behavior.model.jsonl").stat().st_mtime_ns == responses
+    after = _chunks(out)
+    for p, v in finished.items():  # the chunks finished before the kill were kept, not recomputed
+        assert after[p] == v, p
+    assert json.loads((out / "stages" / "cache.json").read_text())["outputs"]["pre"]["resumed_chunks"] >= 1
+    got = _without_volatile(json.loads((out / "results.json").read_text()))
+    want = _without_volatile(json.loads((quick_run.out / "results.json").read_text()))
+    assert got == want
+
+
+def test_grid_discovers_each_rl_checkpoint_with_the_sft_init_its_card_names(tmp_path):
+    from probes.grid import Pair, discover_pairs
+
+    def ckpt(name, card=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        if card is not None:
+            (d / "card.json").write_text(json.dumps(card))
+
+    ckpt("sft-x", {"stage": "sft", "init": None})
+    ckpt("rl-x-hard", {"stage": "grpo", "init": "somewhere/else/sft-x"})  # moved: found by name under the root
+    ckpt("rl-y-hard", {"stage": "grpo", "init": "checkpoints/organism/sft-y"})  # its init is not there
+    ckpt("sft-z", {"stage": "sft", "config": {"init": str(tmp_path / "sft-x")}})  # an SFT phase: not a pair
+    ckpt("no-card")
+    assert discover_pairs(tmp_path) == [Pair("rl-x-hard", str(tmp_path / "sft-x"), str(tmp_path / "rl-x-hard"))]
+
+
+def test_grid_finds_the_shipped_pairs():
+    from probes.grid import discover_pairs
+
+    pairs = {p.name: Path(p.pre_rl).name for p in discover_pairs(REPO / "checkpoints" / "organism")}
+    assert pairs.get("rl-fb-hard") == "sft-fb" and pairs.get("rl-f-hard") == "sft-f"
+
+
+@pytest.mark.slow
+def test_grid_row_holds_the_behavioural_and_the_mechanistic_columns(quick_run):
+    from probes.grid import GRID_COLUMNS, Pair, grid_markdown, grid_row
+
+    res = json.loads((quick_run.out / "results.json").read_text())
+    row = grid_row(Pair("rl-fb-hard", SFT, RL), res)
+    assert row["decomposition"]["selection"]["value"] == res["decomposition"]["pooled"]["selection"]
+    assert row["verdict"]["label"] == res["verdict"]["label"]
+    assert row["verdict"]["selection_score"]["value"] == res["verdict"]["selection_score"]
+    best = res["probes"]["models"]["pre"]["strategy"].get("best_layer")
+    assert row["strategy_probe"]["pre"]["layer"] == best
+    table = grid_markdown([row]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == len(GRID_COLUMNS) + 1
+    assert table[2].startswith("| rl-fb-hard | sft-fb |") and f"**{res['verdict']['label']}**" in table[2]
+
+
+@pytest.mark.slow
+def test_grid_runs_every_discovered_pair_into_its_folder_and_writes_the_table(tmp_path):
+    root = tmp_path / "organism"
+    for pre, post, seed in (("sft-a", "rl-a-hard", 1), ("sft-b", "rl-b-hard", 3)):
+        _tiny(root / pre, seed=seed)
+        _tiny(root / post, seed=seed + 1)
+        (root / pre / "card.json").write_text(json.dumps({"stage": "sft", "init": None}))
+        (root / post / "card.json").write_text(json.dumps({"stage": "grpo", "init": str(root / pre)}))
+    out = tmp_path / "grid"
+    small = _write(tmp_path / "small.yaml", "n_problems: 8\nsteps: [1]\nsamples: 1\nforced: 1\nn_boot: 50\n")
+    r = _main("--grid", root, "--config", small, "--stages", "behaviour", "verdict", "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    grid = json.loads((out / "grid.json").read_text())
+    assert [p["pair"] for p in grid["pairs"]] == ["rl-a-hard", "rl-b-hard"]
+    for p in grid["pairs"]:
+        assert (out / p["pair"] / "results.json").exists() and (out / p["pair"] / "report.html").exists()
+    table = (out / "grid.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| rl-a-hard | sft-a |") and table[3].startswith("| rl-b-hard | sft-b |")
+    assert "| rl-a-hard | sft-a |" in r.stdout and "report:" in r.stdout
+    html = (out / "report.html").read_text()
+    assert "rl-b-hard" in html and html.count("data:image/png;base64,") == 1
+    assert (out / "figures" / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_report_html_embeds_every_figure_of_the_markdown_report_as_a_valid_png(quick_run):
+    import base64
+    import re
+    import struct
+
+    md = (quick_run.out / "report.md").read_text()
+    html = (quick_run.out / "report.html").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    blobs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(figures) >= 10 and len(blobs) == len(figures) and "figure missing" not in html
+    for f, b in zip(figures, blobs):
+        png = base64.b64decode(b)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (quick_run.out / f).read_bytes(), f
+        w, h = struct.unpack(">II", png[16:24])
+        assert w > 100 and h > 100, f
+    order = [html.index(f"<h2>{s}</h2>") for s in ("Verdict", "Behaviour", "Decomposition", "Probes", "Patching",
+                                                    "Methods and sources")]
+    assert order == sorted(order)
+
+
+@pytest.mark.slow
+def test_each_stage_reports_its_progress(quick_run):
+    for i, stage in enumerate(("behaviour", "cache", "probes", "patching", "verdict"), 1):
+        assert f"[{i}/5 {stage}] running ..." in quick_run.stderr and f"[{i}/5 {stage}] done in" in quick_run.stderr
+    for bar in ("generating", "caching", "steering", "CMAP"):  # tqdm bars inside the stages
+        assert bar in quick_run.stderr
+    assert "stage times: behaviour" in quick_run.stdout
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", [
+    "grid-with-pair", "half-pair", "missing-config", "bad-yaml", "unknown-key", "not-a-mapping", "config-is-dir",
+    "bad-stage", "unknown-flag", "out-is-file", "empty-grid-root", "bad-patching-key", "bad-steps", "missing-post",
+])
+def test_every_bad_argument_is_a_one_line_error_without_traceback(case, tmp_path, monkeypatch, capsys):
+    args, expect = {
+        "grid-with-pair": (["--grid", "--pre-rl", SFT, "--post-rl", RL], "--grid runs every shipped pair"),
+        "half-pair": (["--pre-rl", SFT], "--pre-rl and --post-rl go together"),
+        "missing-config": (["--config", tmp_path / "nope.yaml"], "no such file"),
+        "bad-yaml": (["--config", _write(tmp_path / "c1.yaml", "n_problems: [1,\n")], "not valid YAML"),
+        "unknown-key": (["--config", _write(tmp_path / "c2.yaml", "n_problem: 10\n")], "n_problem: unknown field"),
+        "not-a-mapping": (["--config", _write(tmp_path / "c3.yaml", "- a\n- b\n")], "expected a YAML mapping"),
+        "config-is-dir": (["--config", tmp_path], "not a readable YAML file"),
+        "bad-stage": (["--stages", "cachee"], "invalid choice: 'cachee'"),
+        "unknown-flag": (["--quik"], "unrecognized arguments: --quik"),
+        "out-is-file": (["--quick", "--out", _write(tmp_path / "f", "")], "is a file, not a run folder"),
+        "empty-grid-root": (["--grid", tmp_path, "--quick"], "no RL checkpoint"),
+        "bad-patching-key": (["--config", _write(tmp_path / "c4.yaml", "patching: {n_problem: 3}\n")],
+                             "patching.n_problem"),
+        "bad-steps": (["--config", _write(tmp_path / "c5.yaml", "steps: [0, 1]\n")], "field steps"),
+        "missing-post": (["--pre-rl", SFT, "--post-rl", tmp_path / "nope"], "is not a checkpoint directory"),
+    }[case]
+    from probes.run import main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_:  # in-process (fast); any other exception would be a traceback
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and expect in err, err
+
+
+def test_a_pair_of_different_architectures_is_a_one_line_error(tmp_path):
+    from probes.task.tokenizer import build_tokenizer
+    from probes.train.config import ModelConfig
+    from probes.train.model import build_model
+
+    tok = build_tokenizer()
+    for name, layers in (("a", 2), ("b", 3)):
+        build_model(ModelConfig(layers=layers, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=0) \
+            .save_pretrained(str(tmp_path / name))
+        tok.save_pretrained(str(tmp_path / name))
+    r = _main("--quick", "--pre-rl", tmp_path / "a", "--post-rl", tmp_path / "b", "--out", tmp_path / "run", timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "differ in config.num_hidden_layers: 2 vs 3" in r.stderr
+    assert not (tmp_path / "run" / "stages").exists()  # refused before any stage ran

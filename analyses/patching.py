@@ -1,0 +1,120 @@
+"""``python -m analyses.patching RUN_DIR``: routing and execution recovery curves of cross-model patching.
+
+Writes ``figures/patching_recovery.png`` and the table it shows, ``figures/patching_recovery.csv``.
+Cross-model activation patching (CMAP, Prakash et al. 2024, arXiv 2402.14811) runs the same input
+through one model with one site's activations replaced by the other model's; the recovery is the
+fraction of the metric's gap between the two models that the patch closes (0 = the unpatched
+recipient, 1 = the donor). Left: **routing**, the prompt positions patched, metric the strategy
+logit difference ``logit F - logit B`` at the first response token (nats); right: **execution**,
+the positions of a teacher-forced trace of a fixed strategy patched, metric the log-probability of
+the correct step tokens (nats/token). One line per hook and layer, post-RL into pre-RL (solid,
+95% bootstrap band) and pre-RL into post-RL (dashed); the dotted line is the verdict's recovery
+threshold. A panel whose gap is too small to normalise says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analyses.rundir import figure_path, load, run_dir_from_argv  # noqa: E402
+
+DIRECTIONS = (("post_into_pre", "post-RL into pre-RL", "-"), ("pre_into_post", "pre-RL into post-RL", "--"))
+HOOK_COLORS = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
+               "hook_resid_post": "tab:red"}  # as probes.patching.figures (matplotlib default cycle)
+
+
+def _nan(x):
+    return float("nan") if x is None else x
+
+
+def recovery_rows(patching: dict) -> list[dict]:
+    """One row per panel (routing at the verdict's positions, execution), direction, hook and layer."""
+    rows = []
+    panels = [("routing", (patching.get("routing") or {}).get("prompt") or {}),
+              ("execution", patching.get("execution") or {})]
+    for panel, node in panels:
+        for direction, _, _ in DIRECTIONS:
+            d = node.get(direction) or {}
+            for hook, curve in (d.get("curves") or {}).items():
+                for layer, r in enumerate(curve):
+                    ci = r.get("ci") or [None, None]
+                    rows.append({"panel": panel, "direction": direction, "hook": hook, "layer": layer,
+                                 "recovery": r.get("value"), "lo": ci[0], "hi": ci[1], "reason": r.get("reason"),
+                                 "gap_abs": r.get("gap_abs"), "n": r.get("n")})
+    return rows
+
+
+def recovery_figure(run: str | Path) -> Path:
+    """Routing and execution recovery against layer, both directions (PNG and CSV)."""
+    run = Path(run)
+    patching = load(run, "patching/patching.json")
+    rows = recovery_rows(patching)
+    threshold = ((patching.get("verdict") or {}).get("rule") or {}).get("recovery_threshold")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    titles = {"routing": "routing (prompt patched; strategy logit diff, nats)",
+              "execution": "execution (trace patched; step log-prob, nats/token)"}
+    for ax, panel in zip(axes, ("routing", "execution")):
+        mine = [r for r in rows if r["panel"] == panel]
+        finite = [r for r in mine if r["recovery"] is not None and math.isfinite(r["recovery"])]
+        for direction, label, style in DIRECTIONS:
+            for hook, color in HOOK_COLORS.items():
+                pts = sorted((r for r in mine if r["direction"] == direction and r["hook"] == hook),
+                             key=lambda r: r["layer"])
+                if not pts:
+                    continue
+                xs = [r["layer"] for r in pts]
+                ax.plot(xs, [_nan(r["recovery"]) for r in pts], style, marker="o", ms=3, color=color)
+                if direction == "post_into_pre":
+                    ax.fill_between(xs, [_nan(r["lo"]) for r in pts], [_nan(r["hi"]) for r in pts],
+                                    color=color, alpha=0.12, lw=0)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axhline(1, color="k", lw=0.6, ls="--")
+        if threshold is not None:
+            ax.axhline(threshold, color="k", lw=0.8, ls=":")
+        if not finite:
+            reason = next((r["reason"] for r in mine if r["reason"]), "no curves")
+            ax.text(0.5, 0.5, f"recovery undefined:\n{reason}", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, wrap=True)
+        ax.set_title(titles[panel], fontsize=10)
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel("recovery (fraction of the gap)")
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    hooks = sorted({r["hook"] for r in rows}, key=list(HOOK_COLORS).index)
+    handles = [Line2D([], [], color=HOOK_COLORS[h], marker="o", ms=3, label=h) for h in hooks]
+    handles += [Line2D([], [], color="k", ls=style, label=label) for _, label, style in DIRECTIONS]
+    handles += [Line2D([], [], color="k", ls=":", lw=0.8, label="recovery threshold")] if threshold is not None else []
+    fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    out = figure_path(run, "patching_recovery.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["panel", "direction", "hook", "layer", "recovery", "lo", "hi", "reason",
+                                          "gap_abs", "n"])
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = run_dir_from_argv(argv, "patching", "patching/patching.json")
+    if run is None:
+        return 2
+    print(recovery_figure(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Reading a run folder from an analysis script: the ``RUN_DIR`` argument and its JSON files.
+
+Every ``python -m analyses.NAME RUN_DIR`` script takes one argument, the run folder written by
+``python -m probes.run``; :func:`run_dir_from_argv` checks it and turns a bad one into a one-line
+error (exit status 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def run_dir_from_argv(argv: list[str] | None, prog: str, needs: str) -> Path | None:
+    """The run folder named by ``argv`` (one argument), or None after printing a one-line error
+    when the argument is missing or the folder lacks ``needs`` (a path relative to it)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(f"usage: python -m analyses.{prog} RUN_DIR  (a run folder written by python -m probes.run)",
+              file=sys.stderr)
+        return None
+    run = Path(argv[0])
+    if not (run / needs).exists():
+        print(f"error: {run} has no {needs} (run python -m probes.run --out {run} first)", file=sys.stderr)
+        return None
+    return run
+
+
+def load(run: str | Path, rel: str) -> Any:
+    """A JSON file of the run folder (``results.json``, ``probes/probes.json``...)."""
+    return json.loads((Path(run) / rel).read_text())
+
+
+def figure_path(run: str | Path, name: str) -> Path:
+    """``RUN/figures/NAME`` (the folder is created)."""
+    out = Path(run) / "figures" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

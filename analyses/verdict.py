@@ -1,0 +1,68 @@
+"""``python -m analyses.verdict RUN_DIR``: the verdict and the evidence behind it, as one table.
+
+Writes ``figures/verdict.md`` (a markdown table) and prints it. Rows: the label and its rule;
+the mechanistic scores from cross-model patching (selection: routing recovery, post-RL into
+pre-RL at the prompt positions; improvement: execution recovery under forced strategies;
+fractions of the gap, 95% bootstrap CIs) with whether each passes the rule and why not; the
+behavioural decomposition of the accuracy change (Shapley split, accuracy units, 95% bootstrap
+CIs over problems); and the best strategy probe of each model (layer, held-out balanced accuracy).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from analyses.rundir import figure_path, load, run_dir_from_argv
+from probes.grid import best_probe
+
+
+def _ci(value, ci, fmt="+.3f") -> str:
+    if value is None:
+        return "undefined"
+    return format(value, fmt) + (f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else "")
+
+
+def verdict_table(results: dict) -> str:
+    """The verdict table (markdown) from a run's ``results.json``."""
+    v = results["verdict"]
+    pooled = results["decomposition"]["pooled"]
+    pv = (results.get("patching") or {}).get("verdict") or {}
+    rows = [("verdict", f"**{v['label']}**", v.get("rule") or "")]
+    for k in ("selection", "improvement"):
+        node = pv.get(k) or {}
+        why = "; ".join(node.get("why_not") or []) or v.get(f"{k}_score_undefined_reason") or ""
+        passes = node.get("passes")
+        rows.append((f"{k} score (patching, fraction of gap)", _ci(v[f"{k}_score"], v[f"{k}_score_ci"]),
+                     ("passes" if passes else "does not pass") + (f": {why}" if why else "")))
+    for k in ("delta", "selection", "improvement", "interaction"):
+        rows.append((f"behaviour: {k} (accuracy)", _ci(pooled[k], pooled.get(f"{k}_ci")),
+                     "Shapley split" if k != "interaction" else "one-sided, at the pre-RL values"))
+    for m, name in (("pre", "pre-RL"), ("post", "post-RL")):
+        b = best_probe(results.get("probes"), m)
+        val = "-" if b["layer"] is None else f"layer {b['layer']}: {_ci(b['balanced_accuracy'], b['ci'], '.2f')}"
+        rows.append((f"strategy probe, {name} (held-out balanced accuracy)", val, b.get("reason") or ""))
+    out = ["| quantity | value [95% CI] | note |", "| --- | --- | --- |"]
+    out += [f"| {a} | {b} | {c.replace('|', '/')} |" for a, b, c in rows]
+    return "\n".join(out)
+
+
+def write_verdict_table(run: str | Path) -> Path:
+    """``figures/verdict.md`` from ``results.json``; returns its path."""
+    out = figure_path(run, "verdict.md")
+    out.write_text(verdict_table(load(run, "results.json")) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = run_dir_from_argv(argv, "verdict", "results.json")
+    if run is None:
+        return 2
+    out = write_verdict_table(run)
+    print(out.read_text(), end="")
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The main job's real-scale options: ``--device-map``, ``--remote``, ``expect_dims``, ``chat``,
+``--quick`` at 1.5B parameters, and the Qwen2.5-1.5B-Instruct run config. Nothing here makes
+1.5B weights: the real shape is a ``config.json`` only, models are the ``tiny`` synth shape."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from probes import run as run_cli
+from probes.runconfig import QUICK, QUICK_AT_SCALE, RunConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from activations.synth import make_synth
+
+    d = tmp_path_factory.mktemp("tiny") / "m"
+    make_synth("tiny", 0, d)
+    return d
+
+
+def _env_without_ndif(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("NDIF_API_KEY", "NDIF_HOST", "NNSIGHT_CONFIG")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)  # no user nnsight config with a key
+    env.update(extra)
+    return env
+
+
+def test_remote_without_a_key_fails_at_once_with_a_one_line_error(tmp_path):
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "probes.run", "--remote", "--quick", "--pre-rl", "Qwen/x",
+                        "--post-rl", "Qwen/y", "--out", str(tmp_path / "run")], cwd=REPO, capture_output=True,
+                       text=True, env=_env_without_ndif(tmp_path), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: --remote: remote execution on NDIF needs an API key and none is set")
+    assert "NDIF_API_KEY" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    assert time.perf_counter() - t < 60
+
+
+def test_remote_with_a_key_but_no_service_says_it_cannot_be_reached(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NDIF_API_KEY", "test-key")
+    monkeypatch.setenv("NDIF_HOST", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit):
+        run_cli.check_scope(RunConfig(remote=True))
+    err = capsys.readouterr().err
+    assert err.startswith("error: --remote: remote execution on NDIF: the service at http://127.0.0.1:9 cannot be reached")
+
+
+def test_device_map_reaches_the_config_and_every_stage_load(tiny, tmp_path, monkeypatch):
+    from activations import load
+
+    seen = {}
+
+    def fake_pipeline(cfg, stages, force, prefix=""):
+        seen["cfg"], seen["options"] = cfg, load._OPTIONS.get()
+        return run_cli.RunFolder(cfg.folder)
+
+    monkeypatch.setattr(run_cli, "run_pipeline", fake_pipeline)
+    assert run_cli.main(["--pre-rl", str(tiny), "--post-rl", str(tiny), "--device-map", "auto",
+                         "--out", str(tmp_path / "run")]) == 0
+    assert seen["cfg"].device_map == "auto"
+    assert seen["options"].device_map == "auto" and seen["options"].dtype == "float32"
+    assert load._OPTIONS.get().device_map is None  # reset after the run
+
+
+def test_an_unknown_device_map_is_refused_by_the_cli_and_the_config():
+    r = subprocess.run([sys.executable, "-m", "probes.run", "--device-map", "everywhere"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--device-map" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(ValueError, match="unknown device map 'everywhere'"):
+        RunConfig(device_map="everywhere")
+
+
+def test_chat_true_is_refused_in_one_line_until_the_stages_wrap_prompts(capsys):
+    with pytest.raises(SystemExit):
+        run_cli.check_scope(RunConfig(chat=True))
+    err = capsys.readouterr().err
+    assert err.startswith("error: chat: true") and "set chat: false" in err and len(err.strip().splitlines()) == 1
+
+
+def test_expect_dims_names_the_checkpoint_and_the_dimension_that_differs(tiny, capsys):
+    run_cli.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 2, "d_model": 64}))
+    with pytest.raises(SystemExit):
+        run_cli.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 28}))
+    assert f"error: --pre-rl {tiny} has n_layers 2, the config expects 28" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown dimension"):
+        RunConfig(expect_dims={"layers": 28})
+
+
+def test_quick_trims_patching_at_1_5b_parameters_only(tiny, tmp_path, capsys):
+    from activations.synth import qwen2_5_1_5b_config
+
+    big = tmp_path / "qwen-shape"
+    qwen2_5_1_5b_config(0, 2, 3).save_pretrained(big)  # the config alone: no weights
+    small = RunConfig(**{**QUICK, "pre_rl": str(tiny), "post_rl": str(tiny)})
+    assert run_cli.quick_at_scale(small) == small
+    trimmed = run_cli.quick_at_scale(small.model_copy(update={"pre_rl": str(big)}))
+    assert trimmed.patching == {**QUICK["patching"], **QUICK_AT_SCALE["patching"]}
+    assert trimmed.patching["counterfactual_n"] == 0 and trimmed.patching["hooks"] == ["hook_resid_post"]
+    assert "--quick at 1.54B parameters" in capsys.readouterr().err
+
+
+def test_the_qwen_run_config_states_the_real_shape_and_valid_patching():
+    from probes.patching.config import PatchingConfig
+
+    cfg = RunConfig.from_yaml(REPO / "configs" / "qwen2.5-1.5b-instruct.yaml")
+    assert cfg.expect_dims == {"n_layers": 28, "d_model": 1536, "n_heads": 12, "n_kv_heads": 2, "d_head": 128,
+                               "d_mlp": 8960, "d_vocab": 151936}
+    assert (cfg.dtype, cfg.device, cfg.chat, cfg.probe_hook, cfg.probe_position) == (
+        "bfloat16", "cuda", True, "hook_resid_post", "prompt_end")
+    PatchingConfig(pre=cfg.pre_rl, post=cfg.post_rl, out="x", dtype=cfg.dtype, **cfg.patching)
