@@ -1,7 +1,10 @@
 """Token batches: prompts (with optional teacher-forced responses) tokenized and padded.
 
 The model input of a problem is its prompt, or ``prompt + " " + response`` when a response is
-teacher-forced. Padding is explicit and on either side; the attention mask and the position ids
+teacher-forced. With ``chat=True`` (instruct checkpoints trained on chat messages, ``data.chat:
+true``) the prompt is first rendered as a user turn inside the tokenizer's chat template with the
+assistant's generation prompt (:func:`render_prompt`), and the response follows it directly, as
+TRL renders chat prompt-completion data; ``prompt_end`` is then the template's last token. Padding is explicit and on either side; the attention mask and the position ids
 (``cumsum(mask) - 1``, as ``generate`` computes them) make every real token see exactly what it
 would see unpadded, so activations at a token do not depend on the batch it was run in.
 
@@ -81,9 +84,45 @@ class TokenBatch:
         return out
 
 
-def model_text(prompt: str, response: str | None) -> str:
-    """The text the model reads: the prompt, then a space and the response if there is one."""
-    return prompt if response is None else f"{prompt} {response}"
+class ChatTemplateError(ValueError):
+    """``chat=True`` with a tokenizer that has no chat template."""
+
+
+def render_prompt(tokenizer: Any, prompt: str, chat: bool = False) -> str:
+    """The prompt text the model reads.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer (its ``chat_template`` is used with ``chat``).
+        prompt: the task prompt (plain text).
+        chat: False: the task prompt itself. True: the task prompt as the one user message of
+            the tokenizer's chat template, with the assistant's generation prompt
+            (``apply_chat_template(..., add_generation_prompt=True)``; for Qwen2.5-Instruct its
+            default system turn, ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``).
+
+    Raises:
+        ChatTemplateError: ``chat`` and the tokenizer has no chat template.
+    """
+    if not chat:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            "chat: true but the checkpoint's tokenizer has no chat template (tokenizer_config.json has no "
+            "chat_template): set chat: false for checkpoints trained on plain prompts, or save the template "
+            "with the checkpoint")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def response_separator(chat: bool = False) -> str:
+    """What joins a (rendered) prompt and its response: a space for plain prompts, nothing after a
+    chat template's generation prompt."""
+    return "" if chat else " "
+
+
+def model_text(prompt: str, response: str | None, chat: bool = False) -> str:
+    """The text the model reads: the (rendered) prompt, then the separator
+    (:func:`response_separator`) and the response if there is one."""
+    return prompt if response is None else prompt + response_separator(chat) + response
 
 
 def _token_at(offsets: list[tuple[int, int]], char: int) -> int | None:
@@ -93,20 +132,21 @@ def _token_at(offsets: list[tuple[int, int]], char: int) -> int | None:
     return None
 
 
-def _locate(key: str, prompt: str, response: str | None, offsets: list[tuple[int, int]]) -> tuple[int, list[int]]:
+def _locate(key: str, prompt: str, response: str | None, offsets: list[tuple[int, int]],
+            sep: int = 1) -> tuple[int, list[int]]:
     n = len(prompt)
     prompt_tokens = [i for i, (s, e) in enumerate(offsets) if e > s and s < n]
     if not prompt_tokens:
         raise PositionError(f"{key}: the prompt tokenizes to no tokens; prompt_end is undefined")
     end = prompt_tokens[-1]
-    if response is not None and offsets[end][1] > n + 1:
+    if response is not None and offsets[end][1] > n + sep:
         raise PositionError(
             f"{key}: the last prompt token {offsets[end]} also covers response text, so "
             "prompt_end is undefined for this tokenizer; end prompts with a separate token"
         )
     steps: list[int] = []
     if response is not None:
-        base = n + 1
+        base = n + sep
         words = word_char_offsets(response)
         for w in step_positions(response):
             tok = _token_at(offsets, base + words[w][0])
@@ -123,6 +163,7 @@ def encode_batch(
     *,
     keys: Sequence[str] | None = None,
     padding_side: str = "left",
+    chat: bool = False,
 ) -> TokenBatch:
     """Tokenize and pad prompts (and teacher-forced responses) into a :class:`TokenBatch`.
 
@@ -133,12 +174,14 @@ def encode_batch(
         responses: ``batch`` responses (None where there is none), or None for no responses.
         keys: ``batch`` row keys used in error messages (default: ``"input {i}"``).
         padding_side: ``"left"`` (default, as for generation) or ``"right"``.
+        chat: render each prompt in the tokenizer's chat template (:func:`render_prompt`).
 
     Returns:
         A :class:`TokenBatch` on the CPU.
 
     Raises:
         ValueError: an unknown padding side, or lengths of the arguments differ.
+        ChatTemplateError: ``chat`` and the tokenizer has no chat template.
         PositionError: a prompt with no tokens, or a prompt/response boundary inside a token.
     """
     if padding_side not in PADDING_SIDES:
@@ -151,7 +194,9 @@ def encode_batch(
         raise ValueError(f"{n} prompts but {len(responses)} responses and {len(keys)} keys")
     if n == 0:
         raise ValueError("an empty batch: pass at least one prompt")
-    texts = [model_text(p, r) for p, r in zip(prompts, responses)]
+    prompts = [render_prompt(tokenizer, p, chat) for p in prompts]
+    sep = response_separator(chat)
+    texts = [model_text(p, r, chat) for p, r in zip(prompts, responses)]
     enc = tokenizer(texts, return_offsets_mapping=True, padding=False, truncation=False)
     ids_list: list[list[int]] = enc["input_ids"]
     lengths = [len(x) for x in ids_list]
@@ -168,7 +213,7 @@ def encode_batch(
         pad_offset[b] = off
         input_ids[b, off:off + lengths[b]] = torch.tensor(ids_list[b], dtype=torch.long)
         mask[b, off:off + lengths[b]] = 1
-        end, st = _locate(keys[b], prompts[b], responses[b], enc["offset_mapping"][b])
+        end, st = _locate(keys[b], prompts[b], responses[b], enc["offset_mapping"][b], len(sep))
         ends.append(end)
         steps.append(st)
     position_ids = mask.cumsum(-1) - 1

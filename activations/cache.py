@@ -124,6 +124,7 @@ def cache_activations(
     padding_side: str = "left",
     overwrite: bool = False,
     progress: bool = True,
+    chat: bool = False,
 ) -> ActivationStore:
     """Cache the activations of ``records`` at ``sites`` and ``positions`` into a store at ``out``.
 
@@ -140,6 +141,9 @@ def cache_activations(
             rounding; it is part of the store's identity so that resumed chunks match).
         overwrite: replace a store at ``out`` made from other inputs.
         progress: show a progress bar (tqdm, on stderr).
+        chat: render the prompts in the tokenizer's chat template
+            (:func:`activations.batch.render_prompt`; recorded in the manifest, so a store of
+            plain prompts is not resumed as a chat one).
 
     Returns:
         The finished :class:`~activations.store.ActivationStore`.
@@ -148,6 +152,7 @@ def cache_activations(
         SiteError: an unknown site or layer out of range.
         ValueError: bad positions, batch or chunk size, dtype or padding side.
         PositionError: a record without a response asked for ``steps``, or an index out of range.
+        ChatTemplateError: ``chat`` and the tokenizer has no chat template.
         StoreMismatchError: ``out`` holds a store made from other inputs (without ``overwrite``).
     """
     if batch_size < 1 or chunk_size < 1:
@@ -174,6 +179,7 @@ def cache_activations(
         "chunk_size": chunk_size,
         "padding_side": padding_side,
         "n_chunks": n_chunks,
+        **({"chat": True} if chat else {}),  # absent for plain prompts: stores made before chat existed stay valid
     }
     writer = StoreWriter(out, manifest, overwrite=overwrite)
     done = writer.finished
@@ -190,7 +196,7 @@ def cache_activations(
             for start in range(lo, hi, batch_size):
                 recs = records[start:min(hi, start + batch_size)]
                 batch = encode_batch(tok, [r.prompt for r in recs], [r.response for r in recs],
-                                     keys=[r.key for r in recs], padding_side=padding_side)
+                                     keys=[r.key for r in recs], padding_side=padding_side, chat=chat)
                 at = resolve_positions(specs, batch)
                 acts = backend.read(batch, site_list, at)
                 for n in names:

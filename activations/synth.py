@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 
 EXTRA_TOKEN = "<|extra_{}|>"
 """Filler words that pad the task tokenizer up to the model's vocabulary (id ``i`` -> ``<|extra_i|>``)."""
+CHAT_WORDS = ("<|im_start|>", "<|im_end|>", "system", "user", "assistant")
+"""The words of the synth chat template, the first ids after the task vocabulary."""
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+"""A word-level stand-in for Qwen2.5's ChatML template (``<|im_start|>ROLE\\nCONTENT<|im_end|>\\n``):
+the same turns and generation prompt, with spaces where Qwen has newlines so that the
+whitespace-split tokenizer keeps every word, so the ``chat: true`` path runs offline."""
 SAFE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """The dtypes weights can be written in (``--dtype``)."""
 INDEX_FILE = "model.safetensors.index.json"
@@ -138,8 +145,9 @@ SHAPES: dict[str, Shape] = {
 def synth_tokenizer(vocab_size: int):
     """The task's word-level tokenizer padded with filler words to ``vocab_size`` ids.
 
-    Ids ``0 .. V_task-1`` are the task tokenizer's (so task text encodes to the same ids);
-    ids ``V_task .. vocab_size-1`` are the words ``<|extra_i|>``. Nothing else changes (whitespace
+    Ids ``0 .. V_task-1`` are the task tokenizer's (so task text encodes to the same ids); the
+    next ids are :data:`CHAT_WORDS` (where the vocabulary has room), and the rest are the words
+    ``<|extra_i|>``. The tokenizer carries :data:`CHAT_TEMPLATE` as its chat template. Nothing else changes (whitespace
     split, word-level model, the decoder that joins words with single spaces).
 
     Returns:
@@ -159,13 +167,18 @@ def synth_tokenizer(vocab_size: int):
         raise SynthError(f"vocab_size {vocab_size} is smaller than the task vocabulary ({n_task} words)")
     spec = json.loads(base.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
-    for i in range(n_task, vocab_size):
+    chat = CHAT_WORDS if vocab_size >= n_task + len(CHAT_WORDS) else ()
+    for i, w in enumerate(chat):
+        vocab[w] = n_task + i
+    for i in range(n_task + len(chat), vocab_size):
         vocab[EXTRA_TOKEN.format(i)] = i
     fast = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
         pad_token=base.pad_token, unk_token=base.unk_token, bos_token=base.bos_token, eos_token=base.eos_token,
         clean_up_tokenization_spaces=False,
     )
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = base.padding_side
     fast.model_max_length = base.model_max_length
     return fast

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shard each model over the visible GPUs with accelerate (from_pretrained device_map)")
     ap.add_argument("--remote", action="store_true", default=None,
                     help="run the models on NDIF through nnsight (needs NDIF_API_KEY and the network; checked first)")
+    ap.add_argument("--chat", action="store_true", default=None,
+                    help="wrap the task prompt in the checkpoints' chat template (instruct checkpoints trained on "
+                         "chat messages, data.chat: true)")
     ap.add_argument("--grid", nargs="?", const=DEFAULT_GRID_ROOT, metavar="ROOT",
                     help="run every pre-RL/post-RL pair whose RL checkpoint's card names its SFT init, under ROOT "
                          f"(default {DEFAULT_GRID_ROOT}), and add the table across pairs (default --out runs/grid)")
@@ -107,7 +110,8 @@ def resolve_config(args: argparse.Namespace):
     if not args.config and bool(args.pre_rl) != bool(args.post_rl):
         _error("error: --pre-rl and --post-rl go together (give both, or neither for the shipped pair)")
     over = {"pre_rl": args.pre_rl, "post_rl": args.post_rl, "out": args.out, "name": args.name,
-            "device_map": getattr(args, "device_map", None), "remote": getattr(args, "remote", None)}
+            "device_map": getattr(args, "device_map", None), "remote": getattr(args, "remote", None),
+            "chat": getattr(args, "chat", None)}
     base = dict(QUICK, name="quick") if args.quick else {}
     try:
         if args.config:
@@ -145,7 +149,8 @@ def resolve_config(args: argparse.Namespace):
 
 def check_scope(cfg) -> None:
     """What must hold before anything is read: NDIF reachable with a key for ``remote`` (within
-    ``activations.load.NDIF_TIMEOUT_S`` seconds; no hanging), and ``chat`` off.
+    ``activations.load.NDIF_TIMEOUT_S`` seconds; no hanging), and with ``chat`` a chat template
+    in both checkpoints' tokenizers.
 
     Raises:
         SystemExit: (status 2) after a one-line ``error:`` that says what is missing.
@@ -157,10 +162,18 @@ def check_scope(cfg) -> None:
             check_remote()
         except RemoteUnavailableError as e:
             _error(f"error: --remote: {e}")
-    if cfg.chat:
-        _error("error: chat: true (the task prompt inside the checkpoint's chat template) is not supported by the "
-               "stages yet: behaviour, cache and patching tokenize the plain prompt; set chat: false for checkpoints "
-               "trained on plain prompts (data.chat: false, the organism, activations.synth pairs)")
+    if cfg.chat and not cfg.remote:
+        from activations.load import load_tokenizer
+
+        for role, src in (("--pre-rl", cfg.pre_rl), ("--post-rl", cfg.post_rl)):
+            try:
+                has = bool(getattr(load_tokenizer(src), "chat_template", None))
+            except (OSError, ValueError):
+                continue  # the stages report a checkpoint that cannot be loaded
+            if not has:
+                _error(f"error: chat: true but the tokenizer of {role} {src} has no chat template: set chat: false "
+                       "for checkpoints trained on plain prompts (data.chat: false: the organism), or save the "
+                       "template with the checkpoint")
 
 
 def check_dims(cfg) -> None:

@@ -40,10 +40,12 @@ class RunConfig(BaseModel):
             mapping), passed to ``from_pretrained``; None: one ``device``.
         remote: run the models on NDIF through nnsight (needs an NDIF API key and the network;
             ``python -m probes.run`` checks both first and stops with a one-line error).
-        chat: wrap the task prompt in the checkpoint's chat template (a user turn, then the
-            assistant's turn is generated), as instruct checkpoints trained with ``data.chat:
-            true`` saw it. The stages tokenize the plain prompt today, so ``python -m probes.run``
-            refuses ``chat: true`` with a one-line error rather than measure the wrong input.
+        chat: wrap the task prompt in the checkpoints' chat template (one user turn, then the
+            assistant's generation prompt; :func:`activations.batch.render_prompt`), as instruct
+            checkpoints trained with ``data.chat: true`` saw it: behaviour, cache, probes
+            (steering) and patching all read that input, ``prompt_end`` is the template's last
+            token and the response follows it directly. ``python -m probes.run`` checks first
+            that both tokenizers have a chat template.
         expect_dims: the dimensions both checkpoints must have (keys of
             :class:`activations.dims.ModelDims`: ``n_layers``, ``d_model``, ``n_heads``,
             ``n_kv_heads``, ``d_head``, ``d_mlp``, ``d_vocab``); checked from ``config.json``

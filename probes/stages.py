@@ -28,7 +28,8 @@ def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
 
     problems = held_out_problems(cfg.n_problems, cfg.seed, tuple(cfg.steps))
     write_jsonl(run.path("problems.jsonl"), [p.to_dict() for p in problems])
-    settings = BehaviorSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed)
+    settings = BehaviorSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed,
+                                chat=cfg.chat)
     res = run_behavior(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
                        responses_out=run.path("behavior", "behavior.json"))
     res["settings"].update({"n": cfg.n_problems, "steps": cfg.steps, "problem_seed": cfg.seed})
@@ -55,7 +56,7 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
         ckpt = load_checkpoint(src, dtype=cfg.dtype, device=cfg.device)
         backend = make_backend(cfg.backend, ckpt)
         store = cache_activations(backend, records, f"blocks.*.{cfg.probe_hook}", cfg.probe_position,
-                                  root, batch_size=cfg.batch_size, chunk_size=cfg.cache_chunk,
+                                  root, batch_size=cfg.batch_size, chunk_size=cfg.cache_chunk, chat=cfg.chat,
                                   overwrite=True)  # a store from other inputs is stale: this stage's hash changed
         out[role] = {"dir": f"store/{role}", "rows": store.n_rows, "chunks": store.manifest["n_chunks"],
                      "resumed_chunks": len(finished)}
@@ -72,6 +73,7 @@ def probes(cfg: RunConfig, run: RunFolder) -> dict:
         str(run.root / "behavior" / "behavior.reference.jsonl"), str(run.root / "behavior" / "behavior.model.jsonl"),
         run.path("probes"), models=(cfg.pre_rl, cfg.post_rl), hook=cfg.probe_hook, position=cfg.probe_position,
         config=ProbeConfig(n_boot=cfg.n_boot, seed=cfg.seed), steer_n=cfg.steer_n, steer_generate=cfg.steer_generate,
+        chat=cfg.chat,
     )
     return {"probes": "probes/probes.json", "targets": sorted(res.get("models", {}).get("pre", {}).keys())
             if isinstance(res.get("models"), dict) else []}
@@ -84,6 +86,7 @@ def patching(cfg: RunConfig, run: RunFolder) -> dict:
 
     pc = PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": str(run.path("patching", "x").parent),
                            "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype, "device": cfg.device,
+                           "chat": cfg.chat,
                            **cfg.patching})
     res = run_patching(pc)
     return {"patching": "patching/patching.json", "verdict": res.get("verdict", {}).get("label")}

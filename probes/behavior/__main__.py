@@ -57,17 +57,21 @@ def held_out_problems(n: int, seed: int, steps: tuple[int, ...], fields=(11, 13)
 
 
 def load_model(path: str):
-    import torch
-    from transformers import AutoModelForCausalLM
+    """``(model, tokenizer)`` of a checkpoint through :func:`activations.load.load_checkpoint`:
+    ``dtype``, ``device`` and ``device_map`` come from the enclosing
+    :func:`activations.load.load_options` (``python -m probes.run`` sets the run's), else float32
+    on the CPU.
 
-    from activations.load import load_tokenizer
+    Raises:
+        SystemExit: with a one-line ``error:`` when the checkpoint cannot be loaded.
+    """
+    from activations.load import CheckpointError, load_checkpoint
 
-    p = Path(path)
-    if not (p / "config.json").exists():
-        raise SystemExit(f"error: {path} is not a checkpoint directory (no config.json)")
-    tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model, tok
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    return ckpt.model, ckpt.tokenizer
 
 
 def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None):

@@ -19,7 +19,7 @@ from math import comb
 
 import numpy as np
 
-from probes.behavior.generate import first_token_probs, generate, max_trace_words
+from probes.behavior.generate import first_token_probs, generate, max_trace_tokens
 from probes.task.problems import Problem
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, verify
@@ -27,11 +27,15 @@ from probes.task.verify import UNPARSEABLE, verify
 
 @dataclass
 class BehaviorSettings:
+    """How a checkpoint is measured; ``chat`` renders prompts in its chat template
+    (:func:`activations.batch.render_prompt`)."""
+
     n_samples: int = 4
     n_forced: int = 2
     batch_size: int = 128
     seed: int = 0
     temperature: float = 1.0
+    chat: bool = False
 
 
 @dataclass
@@ -73,8 +77,8 @@ def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc):
     for k in sorted(by_k):
         idx = by_k[k]
         texts = generate(model, tok, [problems[i].prompt for i in idx], greedy=greedy, prefix=prefix,
-                         temperature=settings.temperature, max_new_tokens=max_trace_words(k) + 8,
-                         batch_size=settings.batch_size, seed=seed + 1000 * k)
+                         temperature=settings.temperature, max_new_tokens=max_trace_tokens(tok, k),
+                         batch_size=settings.batch_size, seed=seed + 1000 * k, chat=settings.chat)
         for i, t in zip(idx, texts):
             out[i] = t
     return out
@@ -87,7 +91,8 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettin
 
     settings = settings or BehaviorSettings()
     model.eval()
-    pf, pb, ld = first_token_probs(model, tok, [p.prompt for p in problems], batch_size=settings.batch_size)
+    pf, pb, ld = first_token_probs(model, tok, [p.prompt for p in problems], batch_size=settings.batch_size,
+                                   chat=settings.chat)
     jobs = [("greedy", None, 0)]
     jobs += [("sample", None, r) for r in range(settings.n_samples)]
     jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(settings.n_forced)]

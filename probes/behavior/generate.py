@@ -10,10 +10,28 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from activations.batch import render_prompt, response_separator
+
 
 def max_trace_words(steps: int) -> int:
     """An upper bound on a correct trace's length in words for a chain of ``steps``."""
     return 8 * steps + 26
+
+
+def tokens_per_word(tokenizer) -> int:
+    """The most tokens any task word takes after a space under ``tokenizer`` (1 for the task's
+    word-level tokenizer; 1-3 for a byte-level BPE like Qwen's, where ``" li"`` or ``" ans"`` may
+    split), the factor that turns a budget in words into one in tokens."""
+    from probes.task.tokenizer import SPECIAL_TOKENS, vocabulary
+
+    words = [w for w in vocabulary() if w not in SPECIAL_TOKENS]
+    return max(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
+
+
+def max_trace_tokens(tokenizer, steps: int) -> int:
+    """A generation budget in tokens for a chain of ``steps``: :func:`max_trace_words` times
+    :func:`tokens_per_word`, plus 8 (the end-of-sequence token and slack)."""
+    return max_trace_words(steps) * tokens_per_word(tokenizer) + 8
 
 
 def generate(
@@ -28,20 +46,29 @@ def generate(
     batch_size: int = 128,
     seed: int = 0,
     desc: str | None = None,
+    chat: bool = False,
 ) -> list[str]:
     """Generate one response per prompt.
 
     Args:
         prompts: task prompts (plain text); ``len(prompts) = N``.
-        greedy: argmax decoding if True, else sampling at ``temperature`` (no top-k/top-p).
+        greedy: argmax decoding if True, else sampling at ``temperature`` (no top-k/top-p, no
+            repetition penalty, whatever the checkpoint's ``generation_config`` says: the
+            measured policy is the model's softmax).
         prefix: words forced at the start of the response (e.g. ``"F"``); they are included in
             the returned text.
         max_new_tokens: generation budget per response, in tokens.
         batch_size: prompts per forward batch.
         seed: base seed; batch ``i`` samples with seed ``seed + i``.
+        chat: render each prompt in the tokenizer's chat template
+            (:func:`activations.batch.render_prompt`); the response follows the template's
+            generation prompt directly instead of after a space.
 
     Returns:
         ``N`` response strings (special tokens removed).
+
+    Raises:
+        activations.batch.ChatTemplateError: ``chat`` and the tokenizer has no chat template.
     """
     import torch
 
@@ -49,7 +76,8 @@ def generate(
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[str] = []
-    inputs = [p + (" " + prefix if prefix else "") for p in prompts]
+    sep = response_separator(chat)
+    inputs = [render_prompt(tokenizer, p, chat) + (sep + prefix if prefix else "") for p in prompts]
     try:
         batches = range(0, len(inputs), batch_size)
         for bi, start in enumerate(tqdm(batches, desc=desc, disable=desc is None, leave=False)):
@@ -61,6 +89,7 @@ def generate(
                 gen = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
+                    repetition_penalty=1.0,  # a checkpoint's generation_config (Qwen: 1.1) must not reshape the policy
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     **kw,
@@ -72,8 +101,9 @@ def generate(
     return [t.strip() for t in out]
 
 
-def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int = 256):
-    """Temperature-1 probabilities of the first response token.
+def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int = 256, chat: bool = False):
+    """Temperature-1 probabilities of the first response token (prompts in the chat template
+    with ``chat``).
 
     Returns:
         ``(p_forward, p_backward, logit_diff)``: float arrays of shape ``[N]``; ``logit_diff`` is
@@ -92,7 +122,8 @@ def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int 
     pf, pb, ld = [], [], []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
+            chunk = [render_prompt(tokenizer, p, chat) for p in prompts[start : start + batch_size]]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             with torch.no_grad():
                 logits = model(**enc).logits[:, -1, :].float()

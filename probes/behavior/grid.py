@@ -1,7 +1,7 @@
 """``python -m probes.behavior.grid``: behaviour of every organism checkpoint, cards, the grid table.
 
-For each checkpoint under ``--root`` (SFT regimes ``sft-{fb,f,b}`` and RL runs
-``rl-{regime}-{same,hard}``) it measures behaviour on the same held-out problems (RL runs
+For each checkpoint under ``--root`` (SFT regimes ``sft-{fb,f,b}``, RL runs
+``rl-{regime}-{same,hard}`` and control runs ``ctl-{regime}-{same,hard}``: continued SFT, not RL) it measures behaviour on the same held-out problems (RL runs
 against their SFT parent, which adds the decomposition), writes ``behavior.json`` and a card
 ``README.md`` into the checkpoint, and prints the paper's grid with the two claims checked:
 
@@ -50,6 +50,8 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
     lines = [f"# {name}", "", f"- stage: {card.get('stage')} ({card.get('algorithm', 'TRL SFTTrainer')})"]
     if card.get("init"):
         lines.append(f"- starts from: `{card['init']}`")
+    if card.get("control"):
+        lines.append(f"- **control checkpoint**: {card['control']}")
     lines += [
         f"- model: Qwen2ForCausalLM {json.dumps(cfg.get('model'))}",
         f"- data: {json.dumps(cfg.get('data'))}",
@@ -76,8 +78,8 @@ def grid_table(root: Path) -> tuple[str, dict]:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     found: dict = {}
     for reg in REGIMES:
-        for rl in (None, *RL_DATA):
-            name = f"sft-{reg}" if rl is None else f"rl-{reg}-{rl}"
+        names = [f"sft-{reg}"] + [f"{kind}-{reg}-{rl}" for kind in ("rl", "ctl") for rl in RL_DATA]
+        for name in names:
             f = root / name / "behavior.json"
             if not f.exists():
                 continue
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 if old.get("weights_sha256") == whash and all(old["settings"].get(k) == v for k, v in key.items()):
                     logging.info("%s: behaviour up to date", ckpt.name)
                     continue
-            ref = card.get("init") if card.get("stage") == "grpo" else None
+            # RL runs and controls are measured against the checkpoint they start from
+            ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
             res = run_behavior(str(ckpt), ref, problems, settings)
             res["settings"].update(key)
             res["weights_sha256"] = whash

@@ -77,6 +77,7 @@ def patched_generate(
     batch_size: int = 64,
     desc: str | None = None,
     return_ids: bool = False,
+    chat: bool = False,
 ) -> list[str] | list[list[int]]:
     """Greedy responses of the recipient with the donor's activations held at ``sites`` and
     ``positions`` at every step (no sites or no donor: the recipient alone).
@@ -91,6 +92,7 @@ def patched_generate(
         batch_size: prompts per batch.
         desc: progress bar label (None: no bar).
         return_ids: return the generated token ids (up to and including ``eos``) instead of text.
+        chat: render the prompts in the tokenizer's chat template.
 
     Returns:
         ``N`` response texts (special tokens removed, words joined by single spaces), or ``N``
@@ -112,7 +114,7 @@ def patched_generate(
     try:
         for s in starts:
             chunk = list(prompts[s:s + batch_size])
-            batch = encode_batch(tokenizer, chunk, padding_side="left")
+            batch = encode_batch(tokenizer, chunk, padding_side="left", chat=chat)
             prompt_donor = Donor.read(donor, batch, list(sites)) if sites and positions in ("prompt", "all") else None
             done = torch.zeros(len(batch), dtype=torch.bool)
             gen: list[list[int]] = [[] for _ in chunk]

@@ -105,17 +105,20 @@ class CurveResult:
         }
 
 
-def routing_inputs(tokenizer: Any, problems: Sequence[Problem]) -> tuple[TokenBatch, StrategyLogitDiff]:
-    """The prompts of ``problems`` as a batch, and the routing metric."""
-    batch = encode_batch(tokenizer, [p.prompt for p in problems], keys=[p.id for p in problems])
+def routing_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = False,
+                   ) -> tuple[TokenBatch, StrategyLogitDiff]:
+    """The prompts of ``problems`` as a batch (in the chat template with ``chat``), and the
+    routing metric."""
+    batch = encode_batch(tokenizer, [p.prompt for p in problems], keys=[p.id for p in problems], chat=chat)
     return batch, StrategyLogitDiff(tokenizer)
 
 
 def execution_inputs(
     tokenizer: Any, problems: Sequence[Problem], strategies: Sequence[str] = STRATEGIES,
-    parts: Sequence[str] = ("steps", "answer"),
+    parts: Sequence[str] = ("steps", "answer"), chat: bool = False,
 ) -> tuple[TokenBatch, StepLogProb, list[str]]:
-    """Teacher-forced correct traces of each problem under each forced strategy.
+    """Teacher-forced correct traces of each problem under each forced strategy (prompts in the
+    chat template with ``chat``).
 
     Returns:
         ``(batch, metric, groups)``: rows problem-major (problem ``i``, strategy ``s``), the
@@ -131,8 +134,8 @@ def execution_inputs(
             responses.append(make_trace(p, s))
             keys.append(f"{p.id}/{s}")
             groups.append(p.id)
-    batch = encode_batch(tokenizer, prompts, responses, keys=keys)
-    return batch, StepLogProb(tokenizer, prompts, responses, parts), groups
+    batch = encode_batch(tokenizer, prompts, responses, keys=keys, chat=chat)
+    return batch, StepLogProb(tokenizer, prompts, responses, parts, chat=chat), groups
 
 
 def cross_model_patching(

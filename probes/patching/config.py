@@ -37,6 +37,9 @@ class PatchingConfig(BaseModel):
         behaviour_n, behaviour_positions, max_new_tokens: the behavioural check (0 problems: off).
         tol, n_boot: the recovery's gap tolerance (metric units) and bootstrap replicates.
         backend, dtype, device, max_rows: how models run (rows per forward pass of a sweep).
+        chat: render the task prompts in the checkpoints' chat template
+            (:func:`activations.batch.render_prompt`), for instruct checkpoints trained on chat
+            messages; every position (``prompt_end``, the trace) is then located in that input.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,6 +73,7 @@ class PatchingConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: str = "cpu"
     max_rows: int = Field(256, ge=1)
+    chat: bool = False
 
     @field_validator("steps")
     @classmethod

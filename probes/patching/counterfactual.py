@@ -70,8 +70,8 @@ class PairInputs:
     groups: list[str]
 
 
-def pair_inputs(tokenizer: Any, problems: Sequence[Problem]) -> PairInputs:
-    """Encode the clean prompts of ``problems`` and their twins.
+def pair_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = False) -> PairInputs:
+    """Encode the clean prompts of ``problems`` and their twins (in the chat template with ``chat``).
 
     Raises:
         PairError: prompts of different token lengths (across problems or within a pair).
@@ -80,8 +80,9 @@ def pair_inputs(tokenizer: Any, problems: Sequence[Problem]) -> PairInputs:
     if not problems:
         raise ValueError("counterfactual patching needs at least one problem")
     keys = [p.id for p in problems]
-    clean = encode_batch(tokenizer, [p.prompt for p in problems], keys=keys)
-    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in problems], keys=[p.twin().id for p in problems])
+    clean = encode_batch(tokenizer, [p.prompt for p in problems], keys=keys, chat=chat)
+    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in problems], keys=[p.twin().id for p in problems],
+                           chat=chat)
     lens = set(clean.lengths.tolist()) | set(corrupt.lengths.tolist())
     if len(lens) != 1:
         raise PairError(
@@ -183,6 +184,7 @@ def counterfactual_patching(
     max_rows: int = DEFAULT_MAX_ROWS,
     batched: bool = True,
     desc: str | None = None,
+    chat: bool = False,
 ) -> Heatmap:
     """A layer x position heatmap of one model on counterfactual pairs (see the module docstring).
 
@@ -193,6 +195,7 @@ def counterfactual_patching(
         hooks: block hooks to sweep (``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``...).
         mode: ``"denoising"`` (patch clean into corrupt) or ``"noising"`` (corrupt into clean).
         pairs: :func:`pair_inputs` of the problems when the caller has them already.
+        chat: render the prompts in the chat template (when ``pairs`` is not given).
         tol, n_boot, seed, max_rows, batched: as :func:`probes.patching.cmap.cross_model_patching`.
 
     Raises:
@@ -201,7 +204,7 @@ def counterfactual_patching(
     """
     if mode not in MODES:
         raise ValueError(f"unknown counterfactual mode {mode!r}: use one of {list(MODES)}")
-    pairs = pairs or pair_inputs(tokenizer, problems)
+    pairs = pairs or pair_inputs(tokenizer, problems, chat=chat)
     metric = StrategyLogitDiff(tokenizer)
     n_layers = backend.dims.n_layers
     cells = grid_cells(hooks, n_layers, pairs.n_positions)

@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from activations.batch import TokenBatch, model_text
+from activations.batch import TokenBatch, model_text, render_prompt, response_separator
 from activations.positions import PositionIndex
 from probes.task.traces import STRATEGY_TOKEN, step_positions, word_char_offsets
 
@@ -229,6 +229,7 @@ class StepLogProb(Metric):
         tokenizer: the checkpoints' tokenizer (fast: offsets are needed).
         prompts, responses: the texts the batch was encoded from (``batch`` rows in order).
         parts: ``("steps", "answer")`` (default), or one of them.
+        chat: the prompts were rendered in the chat template (``encode_batch(..., chat=True)``).
 
     Raises:
         MetricError: a row without a response, or a target word no token covers.
@@ -238,23 +239,25 @@ class StepLogProb(Metric):
     unit = "nats/token"
 
     def __init__(self, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
-                 parts: Sequence[str] = METRIC_PARTS):
+                 parts: Sequence[str] = METRIC_PARTS, chat: bool = False):
         if len(prompts) != len(responses):
             raise MetricError(f"{len(prompts)} prompts but {len(responses)} responses")
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
         self.responses = list(responses)
         self.parts = tuple(parts)
+        self.chat = chat
         self._targets = [self._row_targets(p, r) for p, r in zip(self.prompts, self.responses)]
 
     def _row_targets(self, prompt: str, response: str) -> list[tuple[int, int]]:
         """``(position of the predicting token, target token id)`` pairs of one input."""
         if response is None:
             raise MetricError(f"{prompt!r}: the execution metric needs a teacher-forced response")
-        text = model_text(prompt, response)
+        prompt = render_prompt(self.tokenizer, prompt, self.chat)
+        text = model_text(prompt, response, self.chat)
         enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
-        base = len(prompt) + 1
+        base = len(prompt) + len(response_separator(self.chat))
         words = word_char_offsets(response)
         out = []
         for w in target_words(response, self.parts):

@@ -36,7 +36,7 @@ import numpy as np
 from activations.backends import make_backend
 from activations.load import load_checkpoint
 from activations.pair import check_pair
-from probes.behavior.generate import max_trace_words
+from probes.behavior.generate import max_trace_words, tokens_per_word
 from probes.patching.attribution import agreement, attribution_patching, confirm_top_hits
 from probes.patching.behaviour import behaviour_summary, patched_generate
 from probes.patching.cmap import cmap, execution_inputs, routing_inputs
@@ -94,7 +94,7 @@ def run_patching(cfg: PatchingConfig) -> dict[str, Any]:
 
     # 1. routing
     t = time.perf_counter()
-    batch, metric = routing_inputs(tok, problems)
+    batch, metric = routing_inputs(tok, problems, chat=cfg.chat)
     routing_positions = list(cfg.routing_positions) + (["prompt"] if "prompt" not in cfg.routing_positions else [])
     routing = {}
     for pos in routing_positions:
@@ -106,7 +106,7 @@ def run_patching(cfg: PatchingConfig) -> dict[str, Any]:
 
     # 2. execution
     t = time.perf_counter()
-    ebatch, emetric, groups = execution_inputs(tok, problems, cfg.strategies)
+    ebatch, emetric, groups = execution_inputs(tok, problems, cfg.strategies, chat=cfg.chat)
     execution = cmap(pre, post, ebatch, emetric, hooks, "response", groups=groups, **common)
     figures.append(plot_recovery_curves(execution, out / "execution.png",
                                         f"Execution CMAP: step log-prob under forced {'/'.join(cfg.strategies)}, "
@@ -127,7 +127,7 @@ def run_patching(cfg: PatchingConfig) -> dict[str, Any]:
     if cfg.counterfactual_n > 0:
         cf_problems = sample_problems(cfg.counterfactual_n, cfg.seed + 1, fields=tuple(cfg.fields),
                                       steps=(cfg.cf_steps,))
-        pairs = pair_inputs(tok, cf_problems)
+        pairs = pair_inputs(tok, cf_problems, chat=cfg.chat)
         for name, backend in (("pre", pre), ("post", post)):
             counterfactual[name] = {}
             maps = {}
@@ -147,8 +147,8 @@ def run_patching(cfg: PatchingConfig) -> dict[str, Any]:
     if cfg.behaviour_n > 0:
         bprobs = problems[:cfg.behaviour_n]
         prompts = [p.prompt for p in bprobs]
-        budget = cfg.max_new_tokens or max_trace_words(max(p.steps for p in bprobs))
-        gen_kw = dict(max_new_tokens=budget, batch_size=max(1, cfg.max_rows // 4))
+        budget = cfg.max_new_tokens or max_trace_words(max(p.steps for p in bprobs)) * tokens_per_word(tok)
+        gen_kw = dict(max_new_tokens=budget, batch_size=max(1, cfg.max_rows // 4), chat=cfg.chat)
         own_pre = patched_generate(pre, None, tok, prompts, desc="generate pre-RL", **gen_kw)
         own_post = patched_generate(post, None, tok, prompts, desc="generate post-RL", **gen_kw)
         site = f"blocks.{score_layer}.{cfg.score_hook}"

@@ -147,6 +147,7 @@ def run_probes(
     steer_generate: bool = True,
     steer_max_new_tokens: int = 64,
     progress: bool = True,
+    chat: bool = False,
 ) -> dict:
     """Probe each model's store for each target; write ``probes.json`` and figures to ``out_dir``.
 
@@ -166,6 +167,8 @@ def run_probes(
         steer_alphas: doses (multiples of ``mu_F - mu_B``). steer_n: held-out prompts steered.
         steer_generate: also generate greedy responses under steering.
         progress: tqdm bars.
+        chat: steer prompts rendered in the models' chat template
+            (:func:`activations.batch.render_prompt`), as the stores were cached.
 
     Returns:
         The dict written to ``probes.json`` (see the module docstring); with several hooks,
@@ -214,7 +217,7 @@ def run_probes(
     if len(hooks) == 1:
         del result["sites"]
     result["steering"] = _steering(models, names, fits, sets, labs, h, steer_alphas, steer_n, steer_generate,
-                                   steer_max_new_tokens, cfg, progress)
+                                   steer_max_new_tokens, cfg, progress, chat)
     for n, dose in result["steering"].items():
         result["figures"].append(str(figures.plot_dose_response(dose, out_dir / "figures" / f"steering_{n}.png")
                                      .relative_to(out_dir)))
@@ -257,7 +260,9 @@ def _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, figure_l
     return res, fits
 
 
-def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress) -> dict:
+def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress,
+              chat=False) -> dict:
+    from activations.batch import render_prompt
     from probes.probing.steering import steering_dose_response
 
     out = {}
@@ -282,7 +287,7 @@ def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, 
             if k not in seen:
                 seen.add(k)
                 prompts.append(labs[n].by_id[k].problem.prompt)
-        prompts = prompts[:steer_n]
+        prompts = [render_prompt(tok, p, chat) for p in prompts[:steer_n]]
         dose = steering_dose_response(model, tok, prompts, ps.site(fit.best_layer), fit.difference[j], alphas,
                                       generate=generate, max_new_tokens=max_new_tokens, n_boot=cfg.n_boot,
                                       seed=cfg.seed, progress=progress)

@@ -149,7 +149,7 @@ def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector
         for s in range(0, len(prompts), batch_size):
             enc = _encode(tokenizer, prompts[s:s + batch_size], device)
             adder.prompt_len = enc["input_ids"].shape[1]
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             out += [t.strip() for t in texts]

@@ -128,6 +128,8 @@ class TrainConfig(_Strict):
     stage: Literal["sft", "grpo"]
     out: str
     init: str | None = None
+    control: str | None = Field(None, description="marks a control checkpoint (not RL) and says what it controls for; "
+                                "copied into its card, and the behaviour grid measures it against ``init``")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()

@@ -78,6 +78,8 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
     card = {
         "name": cfg.name,
         "stage": "sft",
+        "init": cfg.init,
+        "control": cfg.control,
         "config": cfg.model_dump(),
         "data_hash": dhash,
         "n_examples": len(rows),

@@ -97,3 +97,47 @@ def test_input_tensors_are_long_and_share_one_shape(tok, problems):
     b = encode_batch(tok, [p.prompt for p in problems])
     for t in (b.input_ids, b.attention_mask, b.position_ids):
         assert t.dtype == torch.long and t.shape == b.input_ids.shape
+
+
+QWEN_CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a "
+               "helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""Qwen2.5-Instruct's ChatML layout (default system turn, then the user turn, then the generation
+prompt), written here: the real template cannot be downloaded."""
+
+
+def _chat_bpe(problems):
+    texts = [model_text(p.prompt, make_trace(p, s)) for p in problems for s in ("forward", "backward")]
+    bpe = _byte_level_bpe(texts + ["You are a helpful assistant. system user assistant"])
+    bpe.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    bpe.chat_template = QWEN_CHATML
+    return bpe
+
+
+def test_chat_prompts_end_at_the_templates_last_token_and_the_response_follows_without_a_space(problems):
+    from activations.batch import render_prompt
+
+    bpe = _chat_bpe(problems)
+    p = problems[2]
+    resp = make_trace(p, "forward")
+    rendered = render_prompt(bpe, p.prompt, chat=True)
+    assert rendered.startswith("<|im_start|>system\n") and rendered.endswith(f"{p.prompt}<|im_end|>\n<|im_start|>assistant\n")
+    assert model_text(rendered, resp, chat=True) == rendered + resp
+    b = encode_batch(bpe, [p.prompt, p.prompt], [resp, None], chat=True)
+    text = rendered + resp
+    offsets = bpe(text, return_offsets_mapping=True)["offset_mapping"]
+    end = int(b.prompt_end[0])
+    assert int(b.prompt_end[1]) == end  # with and without the response
+    assert text[offsets[end][0]:offsets[end][1]] == "\n" and offsets[end][1] == len(rendered)
+    assert offsets[end + 1][0] == len(rendered) and text[offsets[end + 1][0]] == "F"
+    assert len(b.steps[0]) == len(step_positions(resp))
+    assert all("=" in text[offsets[i][0]:offsets[i][1]] for i in b.steps[0])
+    plain = encode_batch(bpe, [p.prompt], [resp])
+    assert int(b.lengths[0]) > int(plain.lengths[0])  # the template's tokens are really there
+
+
+def test_chat_with_a_tokenizer_without_a_template_names_the_fix(tok, problems):
+    from activations.batch import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="no chat template.*set chat: false"):
+        encode_batch(tok, [problems[0].prompt], chat=True)

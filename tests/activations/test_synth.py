@@ -68,6 +68,13 @@ def test_the_synth_tokenizer_fills_the_vocabulary_and_keeps_the_task_ids():
     assert len(tok) == 151936
     assert all(tok.convert_tokens_to_ids(w) == i for w, i in task.get_vocab().items())
     assert tok.convert_ids_to_tokens(151935) == EXTRA_TOKEN.format(151935)
+    n_task = len(task)
+    assert tok.convert_ids_to_tokens(list(range(n_task, n_task + 5))) == ["<|im_start|>", "<|im_end|>", "system",
+                                                                          "user", "assistant"]
+    rendered = tok.apply_chat_template([{"role": "user", "content": "p11 eval : add da ; x = li ; y = ?"}],
+                                       tokenize=False, add_generation_prompt=True)
+    assert "<unk>" not in tok.convert_ids_to_tokens(tok(rendered)["input_ids"])
+    assert rendered.endswith("<|im_start|> assistant ")
     with pytest.raises(SynthError, match="smaller than the task vocabulary"):
         synth_tokenizer(10)
 

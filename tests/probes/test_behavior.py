@@ -81,4 +81,39 @@ def test_behavior_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir,
 def test_behavior_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tmp_path), "--n", "2", "--out",
                         str(tmp_path / "x.json")], capture_output=True, text=True)
-    assert r.returncode != 0 and "not a checkpoint directory" in r.stderr
+    assert r.returncode != 0 and "has no config.json" in r.stderr and r.stderr.startswith("error:")
+
+
+def test_generation_ignores_a_repetition_penalty_in_the_checkpoints_generation_config(tiny_dir):
+    """Qwen2.5-Instruct ships ``repetition_penalty: 1.1``; the measured policy must be the softmax."""
+    import torch
+
+    from activations.load import load_checkpoint
+    from probes.behavior.generate import generate
+
+    ck = load_checkpoint(tiny_dir)
+    model, tok = ck.model, ck.tokenizer
+    prompts = [p.prompt for p in held_out_problems(4, 0, (2,))]
+    plain = generate(model, tok, prompts, greedy=True, max_new_tokens=12)
+    model.generation_config.repetition_penalty = 50.0
+    assert generate(model, tok, prompts, greedy=True, max_new_tokens=12) == plain
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():  # the checkpoint's setting would have changed the responses: the test has teeth
+        penal = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id)
+    assert tok.batch_decode(penal[:, enc["input_ids"].shape[1]:], skip_special_tokens=True) != plain
+
+
+def test_the_generation_budget_counts_tokens_not_words():
+    from probes.behavior.generate import max_trace_tokens, max_trace_words, tokens_per_word
+    from probes.task.tokenizer import build_tokenizer
+
+    word_level = build_tokenizer()
+    assert tokens_per_word(word_level) == 1 and max_trace_tokens(word_level, 5) == max_trace_words(5) + 8
+
+    class CharTokenizer:  # every character a token: "li" after a space is 3 tokens
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(range(len(text)))}
+
+    longest = max(len(w) for w in build_tokenizer().get_vocab() if not w.startswith("<"))
+    assert tokens_per_word(CharTokenizer()) == longest + 1
+    assert max_trace_tokens(CharTokenizer(), 5) == max_trace_words(5) * (longest + 1) + 8

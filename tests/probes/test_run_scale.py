@@ -78,11 +78,61 @@ def test_an_unknown_device_map_is_refused_by_the_cli_and_the_config():
         RunConfig(device_map="everywhere")
 
 
-def test_chat_true_is_refused_in_one_line_until_the_stages_wrap_prompts(capsys):
+def test_chat_true_with_a_tokenizer_without_a_template_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
-        run_cli.check_scope(RunConfig(chat=True))
+        run_cli.check_scope(RunConfig(chat=True))  # the organism: trained on plain prompts, no template
     err = capsys.readouterr().err
-    assert err.startswith("error: chat: true") and "set chat: false" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: chat: true but the tokenizer of --pre-rl") and "set chat: false" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def chat_run(tiny, tmp_path_factory):
+    from activations.synth import make_twin
+
+    d = tmp_path_factory.mktemp("chat")
+    make_twin(tiny, 1, d / "post", scale=0.05)
+    out = d / "run"
+    r = subprocess.run([sys.executable, "-m", "probes.run", "--quick", "--chat", "--pre-rl", str(tiny),
+                        "--post-rl", str(d / "post"), "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_chat_runs_every_stage_on_the_prompt_inside_the_template(tiny, chat_run):
+    import json
+
+    import numpy as np
+    import torch
+
+    from activations.batch import render_prompt
+    from activations.load import load_checkpoint
+    from activations.store import ActivationStore
+
+    res = json.loads((chat_run / "results.json").read_text())
+    assert res["verdict"]["label"] in ("selection", "improvement", "both", "neither")
+    ck = load_checkpoint(tiny)
+    tok = ck.tokenizer
+    row = json.loads((chat_run / "behavior" / "behavior.reference.jsonl").read_text().splitlines()[0])
+    rendered = render_prompt(tok, row["prompt"], chat=True)
+    assert rendered.endswith("<|im_start|> assistant ")
+    with torch.no_grad():
+        ids = tok(rendered, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = ck.model(ids, output_hidden_states=True)
+        plain = ck.model(tok(row["prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]).logits[0, -1]
+    f, b = tok.convert_tokens_to_ids(["F", "B"])
+    logits = out.logits[0, -1]
+    # behaviour measured the first token after the template's generation prompt, not after the bare prompt
+    assert row["logit_diff"] == pytest.approx(float(logits[f] - logits[b]), abs=1e-4)
+    assert abs(row["logit_diff"] - float(plain[f] - plain[b])) > 1e-3
+    # the cache stored the residual stream at the template's last token ("assistant")
+    store = ActivationStore(chat_run / "store" / "pre")
+    assert store.manifest.get("chat") is True
+    rows = store.rows_of(row["id"])
+    got = store["blocks.0.hook_resid_post"][rows].float().reshape(-1).numpy()
+    np.testing.assert_allclose(got, out.hidden_states[1][0, -1].numpy(), rtol=1e-4, atol=1e-4)
+    assert (chat_run / "patching" / "patching.json").exists()
 
 
 def test_expect_dims_names_the_checkpoint_and_the_dimension_that_differs(tiny, capsys):
