@@ -57,7 +57,8 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
         f"- data: {json.dumps(cfg.get('data'))}",
         f"- optimiser: {json.dumps(cfg.get('optim'))}",
         f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
-        f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps",
+        f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps"
+        + (f"; {card['training_time_note']}" if card.get("training_time_note") else ""),
         f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '')[:16]}...`",
         "",
         "## Behaviour",
