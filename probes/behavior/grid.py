@@ -75,9 +75,11 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
 
 def grid_table(root: Path) -> tuple[str, dict]:
     """The grid across checkpoints (markdown) and the claims check (dict)."""
-    rows = ["| checkpoint | acc T=1 | P(F) eval | P(F) inv | a(F) inv | a(B) eval | delta | selection | improvement |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| checkpoint | acc T=1 | P(F) eval | P(F) inv | a(F) eval | a(B) eval | a(F) inv | a(B) inv "
+            "| delta | selection | improvement |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     found: dict = {}
+    shares: dict = {}  # name -> (P(forward | evaluation), P(backward | inversion), P(forward) over both types)
     for reg in REGIMES:
         names = [f"sft-{reg}"] + [f"{kind}-{reg}-{rl}" for kind in ("rl", "ctl") for rl in RL_DATA]
         for name in names:
@@ -90,11 +92,14 @@ def grid_table(root: Path) -> tuple[str, dict]:
             fa = m["forced_accuracy"]
             cells = [name, f"{m['accuracy']['sampled']['mean']:.3f}",
                      f"{sh['evaluation']['sampled']['forward']:.2f}", f"{sh['inversion']['sampled']['forward']:.2f}",
-                     f"{fa['inversion']['forward']['mean']:.2f}", f"{fa['evaluation']['backward']['mean']:.2f}"]
+                     f"{fa['evaluation']['forward']['mean']:.2f}", f"{fa['evaluation']['backward']['mean']:.2f}",
+                     f"{fa['inversion']['forward']['mean']:.2f}", f"{fa['inversion']['backward']['mean']:.2f}"]
             if "decomposition" in b:
                 p = b["decomposition"]["pooled"]
                 cells += [_fmt_ci(p, "delta"), _fmt_ci(p, "selection"), _fmt_ci(p, "improvement")]
                 found[name] = p
+                shares[name] = (sh["evaluation"]["sampled"]["forward"], sh["inversion"]["sampled"]["backward"],
+                                (sh["evaluation"]["sampled"]["forward"] + sh["inversion"]["sampled"]["forward"]) / 2)
             else:
                 cells += ["", "", ""]
             rows.append("| " + " | ".join(cells) + " |")
@@ -110,7 +115,30 @@ def grid_table(root: Path) -> tuple[str, dict]:
     if pairs:
         claims["harder_rl_enables_improvement"] = {
             reg: {"improvement_hard": h, "improvement_same": s, "holds": h > s} for reg, h, s in pairs}
+    claims["pairs"] = {name: pair_checks(found[name], *shares[name]) for name in found}
     return "\n".join(rows), claims
+
+
+SELECTION_PAIR = dict(natural_share=0.75, term=0.05)
+"""Issue 3's selection pair: the natural strategy (forward for evaluation, backward for inversion)
+on >= 75% of each type at T = 1, and a selection term >= 0.05 whose 95% CI excludes 0."""
+IMPROVEMENT_PAIR = dict(forward_share=0.95, term=0.05)
+"""Issue 3's improvement pair: forward share >= 95% and an improvement term >= 0.05 whose CI
+excludes 0."""
+
+
+def pair_checks(pooled: dict, natural_eval: float, natural_inv: float, forward: float) -> dict:
+    """Which of issue 3's pair criteria a pair meets (pooled decomposition, T = 1 shares of the
+    post-RL checkpoint), each with the numbers it was decided on."""
+    sel_ok = pooled["selection"] >= SELECTION_PAIR["term"] and pooled["selection_ci"][0] > 0
+    imp_ok = pooled["improvement"] >= IMPROVEMENT_PAIR["term"] and pooled["improvement_ci"][0] > 0
+    return {
+        "selection_pair": bool(min(natural_eval, natural_inv) >= SELECTION_PAIR["natural_share"] and sel_ok),
+        "selection_term_ok": bool(sel_ok), "natural_share_evaluation": natural_eval,
+        "natural_share_inversion": natural_inv,
+        "improvement_pair": bool(forward >= IMPROVEMENT_PAIR["forward_share"] and imp_ok),
+        "improvement_term_ok": bool(imp_ok), "forward_share": forward,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

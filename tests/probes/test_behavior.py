@@ -117,3 +117,19 @@ def test_the_generation_budget_counts_tokens_not_words():
     longest = max(len(w) for w in build_tokenizer().get_vocab() if not w.startswith("<"))
     assert tokens_per_word(CharTokenizer()) == longest + 1
     assert max_trace_tokens(CharTokenizer(), 5) == max_trace_words(5) * (longest + 1) + 8
+
+
+def test_pair_checks_apply_issue_3_thresholds_to_share_and_term():
+    from probes.behavior.grid import pair_checks
+
+    def pooled(sel, sel_ci, imp, imp_ci):
+        return {"selection": sel, "selection_ci": sel_ci, "improvement": imp, "improvement_ci": imp_ci}
+
+    good_sel = pooled(0.07, [0.05, 0.09], 0.0, [-0.01, 0.01])
+    assert pair_checks(good_sel, 0.80, 0.90, 0.45)["selection_pair"]
+    assert not pair_checks(good_sel, 0.27, 0.98, 0.15)["selection_pair"]  # evaluation not on its natural strategy
+    assert not pair_checks(pooled(0.07, [-0.01, 0.15], 0, [0, 0]), 0.9, 0.9, 0.5)["selection_pair"]  # CI covers 0
+    good_imp = pooled(0.0, [0, 0], 0.06, [0.02, 0.10])
+    assert pair_checks(good_imp, 0.99, 0.0, 0.96)["improvement_pair"]
+    assert not pair_checks(good_imp, 0.99, 0.0, 0.90)["improvement_pair"]  # forward share below 95%
+    assert not pair_checks(pooled(0, [0, 0], 0.04, [0.01, 0.07]), 0.99, 0.0, 0.99)["improvement_pair"]
