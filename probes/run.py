@@ -276,6 +276,9 @@ def stage_hashes(cfg) -> dict[str, str]:
         "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype},
         "verdict": {"schema": SCHEMA_VERSION},
     }
+    if cfg.chat:  # only when on, so that the hashes of plain-prompt runs made before chat existed still hold
+        for s in ("behaviour", "cache", "probes", "patching"):
+            own[s]["chat"] = True
     out, prev = {}, ""
     for s in STAGES:
         out[s] = stable_hash({"own": own[s], "prev": prev})

@@ -166,3 +166,9 @@ def test_the_qwen_run_config_states_the_real_shape_and_valid_patching():
     assert (cfg.dtype, cfg.device, cfg.chat, cfg.probe_hook, cfg.probe_position) == (
         "bfloat16", "cuda", True, "hook_resid_post", "prompt_end")
     PatchingConfig(pre=cfg.pre_rl, post=cfg.post_rl, out="x", dtype=cfg.dtype, **cfg.patching)
+
+
+def test_a_run_with_chat_does_not_reuse_stages_of_a_plain_run():
+    plain, chat = run_cli.stage_hashes(RunConfig()), run_cli.stage_hashes(RunConfig(chat=True))
+    assert all(plain[s] != chat[s] for s in ("behaviour", "cache", "probes", "patching", "verdict"))
+    assert run_cli.stage_hashes(RunConfig(chat=False)) == plain
