@@ -119,6 +119,29 @@ def response_separator(chat: bool = False) -> str:
     return "" if chat else " "
 
 
+def response_token_id(tokenizer: Any, word: str, chat: bool = False) -> int:
+    """The id of the one token ``word`` becomes as the first word of a response: after a space
+    for plain prompts (``"F"`` for the task's word-level tokenizer, ``"ĠF"`` for a byte-level BPE),
+    right after the generation prompt with ``chat`` (``"F"`` after Qwen's ``assistant\\n``).
+
+    Located by character offsets in ``render_prompt("x") + separator + word``: the tokens that
+    end after the prompt must be exactly one, ending at the word's end.
+
+    Raises:
+        PositionError: ``word`` is not exactly one token there (the message names the word).
+        ChatTemplateError: ``chat`` and the tokenizer has no chat template.
+    """
+    prefix = render_prompt(tokenizer, "x", chat)
+    text = prefix + response_separator(chat) + word
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    hits = [(i, e) for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if e > len(prefix) and e > s]
+    if len(hits) != 1 or hits[0][1] != len(text):
+        where = "after the chat template's generation prompt" if chat else "after a space"
+        raise PositionError(f"the word {word!r} is {len(hits)} tokens {where} for this tokenizer; the strategy "
+                            "logit difference needs each strategy word to be one token")
+    return int(hits[0][0])
+
+
 def model_text(prompt: str, response: str | None, chat: bool = False) -> str:
     """The text the model reads: the (rendered) prompt, then the separator
     (:func:`response_separator`) and the response if there is one."""
@@ -169,7 +192,8 @@ def encode_batch(
 
     Args:
         tokenizer: a fast Hugging Face tokenizer (offset mappings are required). Its special
-            tokens are added as it adds them by default (none for Qwen and the task tokenizer).
+            tokens are added as it adds them by default (none for Qwen and the task tokenizer),
+            except with ``chat``, where the template writes them.
         prompts: ``batch`` prompt strings.
         responses: ``batch`` responses (None where there is none), or None for no responses.
         keys: ``batch`` row keys used in error messages (default: ``"input {i}"``).
@@ -197,7 +221,9 @@ def encode_batch(
     prompts = [render_prompt(tokenizer, p, chat) for p in prompts]
     sep = response_separator(chat)
     texts = [model_text(p, r, chat) for p, r in zip(prompts, responses)]
-    enc = tokenizer(texts, return_offsets_mapping=True, padding=False, truncation=False)
+    # a chat template writes its own special tokens (a BOS, if the model has one); plain prompts get
+    # the tokenizer's defaults (none for Qwen and the task tokenizer)
+    enc = tokenizer(texts, return_offsets_mapping=True, padding=False, truncation=False, add_special_tokens=not chat)
     ids_list: list[list[int]] = enc["input_ids"]
     lengths = [len(x) for x in ids_list]
     width = max(lengths)

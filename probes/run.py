@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(args)
     from activations.load import CheckpointError
     from activations.pair import PairMismatchError
+    from activations.batch import ChatTemplateError
     from activations.store import StoreError
     from probes.grid import GridError
 
@@ -538,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.grid:
                 return run_grid(args, cfg)
             run = run_pipeline(cfg, args.stages, args.force)
-    except (GridError, CheckpointError, PairMismatchError, StoreError) as e:
-        _error(f"error: {e}")
+    except (GridError, CheckpointError, PairMismatchError, StoreError, ChatTemplateError) as e:
+        _error(f"error: {e}")  # ChatTemplateError: --grid --chat with a pair whose tokenizer has no template
     if (run.root / "results.json").exists():
         print("\n".join(verdict_lines(run)))
         print(f"report: {run.root / 'report.html'}")

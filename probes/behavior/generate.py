@@ -10,7 +10,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from activations.batch import render_prompt, response_separator
+from activations.batch import render_prompt, response_separator, response_token_id
 
 
 def max_trace_words(steps: int) -> int:
@@ -114,8 +114,8 @@ def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int 
 
     from probes.task.traces import STRATEGY_TOKEN
 
-    f_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["forward"])
-    b_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["backward"])
+    f_id = response_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat)
+    b_id = response_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat)
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -110,7 +110,7 @@ def routing_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = Fal
     """The prompts of ``problems`` as a batch (in the chat template with ``chat``), and the
     routing metric."""
     batch = encode_batch(tokenizer, [p.prompt for p in problems], keys=[p.id for p in problems], chat=chat)
-    return batch, StrategyLogitDiff(tokenizer)
+    return batch, StrategyLogitDiff(tokenizer, chat=chat)
 
 
 def execution_inputs(

@@ -205,7 +205,7 @@ def counterfactual_patching(
     if mode not in MODES:
         raise ValueError(f"unknown counterfactual mode {mode!r}: use one of {list(MODES)}")
     pairs = pairs or pair_inputs(tokenizer, problems, chat=chat)
-    metric = StrategyLogitDiff(tokenizer)
+    metric = StrategyLogitDiff(tokenizer, chat=chat)
     n_layers = backend.dims.n_layers
     cells = grid_cells(hooks, n_layers, pairs.n_positions)
     sites = sorted({s for c in cells for s in c.sites})

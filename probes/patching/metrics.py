@@ -37,7 +37,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from activations.batch import TokenBatch, model_text, render_prompt, response_separator
+from activations.batch import (PositionError, TokenBatch, model_text, render_prompt, response_separator,
+                               response_token_id)
 from activations.positions import PositionIndex
 from probes.task.traces import STRATEGY_TOKEN, step_positions, word_char_offsets
 
@@ -131,25 +132,19 @@ class Metric(ABC):
         return {"name": self.name, "unit": self.unit}
 
 
-def single_token_id(tokenizer: Any, word: str) -> int:
-    """The id of the one token that ``word`` becomes when it follows a space in a model input.
-
-    Located by character offsets in ``"x " + word``, so it is right for the task's word-level
-    tokenizer (``"F"``) and for byte-level BPE (``"ĠF"``) alike.
+def single_token_id(tokenizer: Any, word: str, chat: bool = False) -> int:
+    """The id of the one token that ``word`` becomes as the first word of a response
+    (:func:`activations.batch.response_token_id`: after a space, or after the chat template's
+    generation prompt with ``chat``), right for the task's word-level tokenizer (``"F"``) and for
+    byte-level BPE (``"ĠF"`` after a space, ``"F"`` after ``assistant\\n``) alike.
 
     Raises:
-        MetricError: ``word`` is not exactly one token after a space.
+        MetricError: ``word`` is not exactly one token there.
     """
-    text = f"x {word}"
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    toks = [i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if e > 2 and e > s]
-    spans = [(s, e) for s, e in enc["offset_mapping"] if e > 2 and e > s]
-    if len(toks) != 1 or spans[0][1] != len(text):
-        raise MetricError(
-            f"the word {word!r} is {len(toks)} tokens after a space for this tokenizer; the "
-            "strategy logit difference needs each strategy word to be one token"
-        )
-    return int(toks[0])
+    try:
+        return response_token_id(tokenizer, word, chat)
+    except PositionError as e:
+        raise MetricError(str(e)) from None
 
 
 class StrategyLogitDiff(Metric):
@@ -159,6 +154,8 @@ class StrategyLogitDiff(Metric):
         tokenizer: the checkpoints' tokenizer (to find the ids of ``F`` and ``B``), or None to
             take the ids from ``ids``.
         ids: ``(id_F, id_B)`` when no tokenizer is given.
+        chat: the prompts are rendered in the chat template (the response's first token follows
+            the generation prompt without a space).
 
     Raises:
         MetricError: a strategy word is not a single token.
@@ -168,12 +165,12 @@ class StrategyLogitDiff(Metric):
     name = "strategy_logit_diff"
     unit = "nats"
 
-    def __init__(self, tokenizer: Any = None, ids: tuple[int, int] | None = None):
+    def __init__(self, tokenizer: Any = None, ids: tuple[int, int] | None = None, chat: bool = False):
         if ids is None:
             if tokenizer is None:
                 raise ValueError("StrategyLogitDiff needs a tokenizer or ids=(id_F, id_B)")
-            ids = (single_token_id(tokenizer, STRATEGY_TOKEN["forward"]),
-                   single_token_id(tokenizer, STRATEGY_TOKEN["backward"]))
+            ids = (single_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat),
+                   single_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat))
         self.forward_id, self.backward_id = int(ids[0]), int(ids[1])
 
     def plan(self, batch: TokenBatch) -> MetricPlan:

@@ -191,7 +191,7 @@ def _attribution(backend: Any, tok: Any, pairs: Any, exact_map: Any, cfg: Patchi
     """AtP on the denoising grid of one model, its agreement with the exact heatmap, and exact
     confirmation of its top hits."""
     hooks = list(cfg.counterfactual_hooks)
-    metric = StrategyLogitDiff(tok)
+    metric = StrategyLogitDiff(tok, chat=cfg.chat)
     donor = Donor.read(backend, pairs.clean, [f"blocks.*.{h}" for h in hooks])
     atp = attribution_patching(backend, pairs.corrupt, donor, metric, hooks, n_positions=pairs.n_positions,
                                recipient=exact_map.corrupt, donor_values=exact_map.clean, tol=cfg.tol,

@@ -145,7 +145,7 @@ def run_probes(
     steer_alphas: Sequence[float] = DEFAULT_STEER_ALPHAS,
     steer_n: int = 256,
     steer_generate: bool = True,
-    steer_max_new_tokens: int = 64,
+    steer_max_new_tokens: int | None = None,
     progress: bool = True,
     chat: bool = False,
 ) -> dict:
@@ -166,6 +166,8 @@ def run_probes(
             given, the steering dose-response runs at the model's best strategy layer.
         steer_alphas: doses (multiples of ``mu_F - mu_B``). steer_n: held-out prompts steered.
         steer_generate: also generate greedy responses under steering.
+        steer_max_new_tokens: their budget in tokens (None: the longest correct trace of the
+            steered problems, :func:`probes.behavior.generate.max_trace_tokens`).
         progress: tqdm bars.
         chat: steer prompts rendered in the models' chat template
             (:func:`activations.batch.render_prompt`), as the stores were cached.
@@ -262,7 +264,7 @@ def _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, figure_l
 
 def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress,
               chat=False) -> dict:
-    from activations.batch import render_prompt
+    from probes.behavior.generate import max_trace_tokens
     from probes.probing.steering import steering_dose_response
 
     out = {}
@@ -281,16 +283,17 @@ def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, 
         model, tok = _load_model(models[n])
         ps = sets[n]
         j = ps.layers.index(fit.best_layer)
-        seen, prompts = set(), []
+        seen, problems = set(), []
         for i in fit.test_rows:
             k = ps.keys[i]
             if k not in seen:
                 seen.add(k)
-                prompts.append(labs[n].by_id[k].problem.prompt)
-        prompts = [render_prompt(tok, p, chat) for p in prompts[:steer_n]]
-        dose = steering_dose_response(model, tok, prompts, ps.site(fit.best_layer), fit.difference[j], alphas,
-                                      generate=generate, max_new_tokens=max_new_tokens, n_boot=cfg.n_boot,
-                                      seed=cfg.seed, progress=progress)
+                problems.append(labs[n].by_id[k].problem)
+        problems = problems[:steer_n]
+        budget = max_new_tokens or max_trace_tokens(tok, max(p.steps for p in problems))
+        dose = steering_dose_response(model, tok, [p.prompt for p in problems], ps.site(fit.best_layer),
+                                      fit.difference[j], alphas, generate=generate, max_new_tokens=budget,
+                                      n_boot=cfg.n_boot, seed=cfg.seed, progress=progress, chat=chat)
         dose["status"] = "ok"
         dose["layer"] = int(fit.best_layer)
         dose["layer_chosen_by"] = "best cross-validated strategy probe (training rows)"

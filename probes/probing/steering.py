@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from activations.batch import render_prompt, response_token_id
 from probes.probing.metrics import bootstrap_mean_ci
 from probes.task.traces import STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, first_token_strategy, label
@@ -121,11 +122,14 @@ def _encode(tokenizer, prompts, device):
 
 
 @torch.no_grad()
-def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64):
+def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64,
+                        chat: bool = False):
     """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` added at
-    the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats)."""
-    f_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["forward"])
-    b_id = tokenizer.convert_tokens_to_ids(STRATEGY_TOKEN["backward"])
+    the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats).
+    ``prompts`` are model inputs (already rendered in the chat template with ``chat``, which
+    picks the strategy tokens that follow the generation prompt)."""
+    f_id = response_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat)
+    b_id = response_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat)
     device = next(model.parameters()).device
     pf, ld = [], []
     with add_at_prompt_end(model, site, vector) as adder:
@@ -158,7 +162,7 @@ def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector
 
 def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, direction, alphas: Sequence[float],
                            *, generate: bool = True, max_new_tokens: int = 64, batch_size: int = 64,
-                           n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+                           n_boot: int = 1000, seed: int = 0, progress: bool = True, chat: bool = False) -> dict:
     """Dose-response of the strategy to ``alpha * direction`` added at the prompt end of ``site``.
 
     Args:
@@ -170,6 +174,8 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
         alphas: the doses (include 0 for the unsteered model).
         generate: also generate greedy responses and label their strategy.
         max_new_tokens: generation budget, in tokens.
+        chat: render the prompts in the tokenizer's chat template
+            (:func:`activations.batch.render_prompt`).
 
     Returns:
         ``{"site", "direction_norm", "alphas", "p_forward": [{"mean", "ci"}], "logit_diff":
@@ -188,7 +194,7 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     if d_model is not None and direction.size != d_model:
         raise ValueError(f"direction has {direction.size} values for d_model {d_model}")
     alphas = [float(a) for a in alphas]
-    prompts = list(prompts)
+    prompts = [render_prompt(tokenizer, p, chat) for p in prompts]
     res = {"site": site, "direction_norm": float(np.linalg.norm(direction)), "alphas": alphas, "n": len(prompts),
            "p_forward": [], "logit_diff": [], "units": {"alpha": "multiples of the direction (mu_F - mu_B)",
                                                         "logit_diff": "nats", "p_forward": "probability"}}
@@ -200,7 +206,7 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     try:
         for a in tqdm(alphas, desc="steering", disable=not progress, leave=False):
             v = a * direction
-            pf, ld = steered_first_token(model, tokenizer, prompts, site, v, batch_size)
+            pf, ld = steered_first_token(model, tokenizer, prompts, site, v, batch_size, chat=chat)
             res["p_forward"].append({"mean": float(pf.mean()), "ci": list(bootstrap_mean_ci(pf, n_boot, seed))})
             res["logit_diff"].append({"mean": float(ld.mean()), "ci": list(bootstrap_mean_ci(ld, n_boot, seed))})
             if a == 0.0:

@@ -49,7 +49,7 @@ def test_model_text_joins_prompt_and_response_with_one_space():
     assert model_text("a b", "c") == "a b c" and model_text("a b", None) == "a b"
 
 
-def _byte_level_bpe(texts):
+def _byte_level_bpe(texts, vocab_size=300):
     """A Qwen-style byte-level BPE tokenizer trained here on task text (nothing downloaded)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -57,7 +57,7 @@ def _byte_level_bpe(texts):
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>"],
+    t.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>"],
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>")
 
@@ -106,9 +106,9 @@ QWEN_CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system
 prompt), written here: the real template cannot be downloaded."""
 
 
-def _chat_bpe(problems):
+def _chat_bpe(problems, vocab_size=300):
     texts = [model_text(p.prompt, make_trace(p, s)) for p in problems for s in ("forward", "backward")]
-    bpe = _byte_level_bpe(texts + ["You are a helpful assistant. system user assistant"])
+    bpe = _byte_level_bpe(texts + ["You are a helpful assistant. system user assistant"], vocab_size)
     bpe.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     bpe.chat_template = QWEN_CHATML
     return bpe
@@ -141,3 +141,17 @@ def test_chat_with_a_tokenizer_without_a_template_names_the_fix(tok, problems):
 
     with pytest.raises(ChatTemplateError, match="no chat template.*set chat: false"):
         encode_batch(tok, [problems[0].prompt], chat=True)
+
+
+def test_the_first_response_token_is_the_one_after_the_generation_prompt_in_chat_and_after_a_space_otherwise(problems):
+    from activations.batch import response_token_id
+
+    bpe = _chat_bpe(problems, vocab_size=400)  # large enough to merge " F" into one token, as Qwen's does
+    chat_f, plain_f = response_token_id(bpe, "F", chat=True), response_token_id(bpe, "F")
+    assert bpe.convert_ids_to_tokens(chat_f) == "F" and bpe.convert_ids_to_tokens(plain_f) == "ĠF"
+    p = problems[0]
+    b = encode_batch(bpe, [p.prompt, p.prompt], [make_trace(p, "forward"), make_trace(p, "forward")], chat=True)
+    assert int(b.input_ids[0, b.column(0, int(b.prompt_end[0]) + 1)]) == chat_f  # what the model reads there
+    plain = encode_batch(bpe, [p.prompt], [make_trace(p, "forward")])
+    assert int(plain.input_ids[0, plain.column(0, int(plain.prompt_end[0]) + 1)]) == plain_f
+    assert response_token_id(build_tokenizer(), "F") == build_tokenizer().convert_tokens_to_ids("F")
