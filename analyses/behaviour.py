@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analyses.rundir import run_dir_from_argv, save_figure  # noqa: E402
+
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -41,11 +43,7 @@ def strategy_figure(run: Path) -> Path:
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].legend()
     fig.tight_layout()
-    out = run / "figures" / "behaviour_strategy.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, run, "behaviour_strategy.png")
 
 
 def decomposition_figure(run: Path) -> Path:
@@ -67,19 +65,14 @@ def decomposition_figure(run: Path) -> Path:
     ax.set_title("RL's accuracy change: selection + improvement (Shapley split)")
     ax.legend()
     fig.tight_layout()
-    out = run / "figures" / "behaviour_decomposition.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, run, "behaviour_decomposition.png")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not (Path(argv[0]) / "behavior" / "behavior.json").exists():
-        print("usage: python -m analyses.behaviour RUN_DIR  (a run folder with behavior/behavior.json)", file=sys.stderr)
+    run = run_dir_from_argv(argv, "behaviour", "behavior/behavior.json")
+    if run is None:
         return 2
-    for p in (strategy_figure(Path(argv[0])), decomposition_figure(Path(argv[0]))):
+    for p in (strategy_figure(run), decomposition_figure(run)):
         print(p)
     return 0
 

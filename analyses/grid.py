@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analyses.rundir import figure_path, load  # noqa: E402
+from analyses.rundir import load, save_figure  # noqa: E402
 
 
 def _bar(ax, x, node, width, label, color):
@@ -69,10 +69,7 @@ def grid_figure(grid_dir: str | Path) -> Path:
     for t in thresholds:
         axes[1].axhline(t, color="k", ls=":", lw=0.8)
     fig.tight_layout()
-    out = figure_path(grid_dir, "grid.png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, grid_dir, "grid.png")
 
 
 def write_grid_report(grid_dir: str | Path):

@@ -14,7 +14,6 @@ threshold. A panel whose gap is too small to normalise says so.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analyses.rundir import figure_path, load, run_dir_from_argv  # noqa: E402
+from analyses.rundir import load, run_dir_from_argv, save_figure  # noqa: E402
 
 DIRECTIONS = (("post_into_pre", "post-RL into pre-RL", "-"), ("pre_into_post", "pre-RL into post-RL", "--"))
 HOOK_COLORS = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
@@ -97,15 +96,8 @@ def recovery_figure(run: str | Path) -> Path:
     handles += [Line2D([], [], color="k", ls=":", lw=0.8, label="recovery threshold")] if threshold is not None else []
     fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
     fig.tight_layout(rect=(0, 0, 0.8, 1))
-    out = figure_path(run, "patching_recovery.png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["panel", "direction", "hook", "layer", "recovery", "lo", "hi", "reason",
-                                          "gap_abs", "n"])
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    return save_figure(fig, run, "patching_recovery.png", rows, ["panel", "direction", "hook", "layer", "recovery",
+                                                                "lo", "hi", "reason", "gap_abs", "n"])
 
 
 def main(argv: list[str] | None = None) -> int:

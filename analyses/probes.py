@@ -12,7 +12,6 @@ natural one). A model whose probe was skipped (one strategy only) is named with 
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from analyses.rundir import figure_path, load, run_dir_from_argv  # noqa: E402
+from analyses.rundir import load, run_dir_from_argv, save_figure  # noqa: E402
 
 MODELS = (("pre", "pre-RL", "tab:blue"), ("post", "post-RL", "tab:red"))
 
@@ -90,15 +89,9 @@ def strategy_curve_figure(run: str | Path, target: str = "strategy") -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    out = figure_path(run, f"probes_{target}_curve.png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["model", "layer", "site", "logistic", "logistic_lo", "logistic_hi",
-                                          "diffmeans", "diffmeans_lo", "diffmeans_hi", "selectivity", "best"])
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    return save_figure(fig, run, f"probes_{target}_curve.png", rows,
+                       ["model", "layer", "site", "logistic", "logistic_lo", "logistic_hi", "diffmeans", "diffmeans_lo",
+                        "diffmeans_hi", "selectivity", "best"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,11 @@ error (exit status 2) instead of a traceback.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def run_dir_from_argv(argv: list[str] | None, prog: str, needs: str) -> Path | None:
@@ -37,4 +38,21 @@ def figure_path(run: str | Path, name: str) -> Path:
     """``RUN/figures/NAME`` (the folder is created)."""
     out = Path(run) / "figures" / name
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_figure(fig: Any, run: str | Path, name: str, rows: Sequence[dict] | None = None,
+                fieldnames: Sequence[str] | None = None) -> Path:
+    """Save ``fig`` as ``RUN/figures/NAME`` (110 dpi) and close it; with ``rows``, also the numbers
+    it plots as a CSV beside it (same name, ``.csv``, columns ``fieldnames``). Returns the PNG path."""
+    import matplotlib.pyplot as plt
+
+    out = figure_path(run, name)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    if rows is not None:
+        with open(out.with_suffix(".csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(fieldnames))
+            w.writeheader()
+            w.writerows(rows)
     return out

@@ -46,7 +46,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -64,21 +63,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.caching import make_records  # noqa: E402  (the same prompt-only records)
+from probes.run import peak_rss_gb  # noqa: E402
+
 SITES = "blocks.*.hook_resid_post"
-
-
-def peak_rss_gb() -> float:
-    """Peak resident set size of this process so far, in GB (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def make_records(n: int, seed: int = 0):
-    """``n`` prompt-only cache records with unique keys (task problems, all types and lengths)."""
-    from activations.cache import CacheRecord
-    from probes.task import sample_problems
-
-    return [CacheRecord(key=f"{p.id}#{i}", id=p.id, prompt=p.prompt)
-            for i, p in enumerate(sample_problems(n, seed=seed))]
 
 
 def make_pair(work: Path, dtype: str, shape: str = "qwen2.5-1.5b") -> tuple[Path, Path]:

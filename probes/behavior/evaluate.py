@@ -19,7 +19,7 @@ from math import comb
 
 import numpy as np
 
-from probes.behavior.generate import first_token_probs, generate, max_trace_tokens
+from probes.behavior.generate import first_token_probs, generate, max_trace_tokens, tokens_per_word
 from probes.task.problems import Problem
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, verify
@@ -68,7 +68,7 @@ class ProblemBehavior:
         }
 
 
-def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc):
+def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, per_word=None):
     """Generate one response per problem, batching problems of equal chain length."""
     out: list[str | None] = [None] * len(problems)
     by_k = defaultdict(list)
@@ -77,7 +77,7 @@ def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc):
     for k in sorted(by_k):
         idx = by_k[k]
         texts = generate(model, tok, [problems[i].prompt for i in idx], greedy=greedy, prefix=prefix,
-                         temperature=settings.temperature, max_new_tokens=max_trace_tokens(tok, k),
+                         temperature=settings.temperature, max_new_tokens=max_trace_tokens(tok, k, per_word),
                          batch_size=settings.batch_size, seed=seed + 1000 * k, chat=settings.chat)
         for i, t in zip(idx, texts):
             out[i] = t
@@ -97,9 +97,11 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettin
     jobs += [("sample", None, r) for r in range(settings.n_samples)]
     jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(settings.n_forced)]
     results: dict[tuple[str, int], list[str]] = {}
+    per_word = tokens_per_word(tok)
     for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress)):
         results[(kind, r)] = _gen_grouped(model, tok, problems, greedy=kind == "greedy", prefix=prefix,
-                                          settings=settings, seed=settings.seed + 7919 * j, desc=None)
+                                          settings=settings, seed=settings.seed + 7919 * j, desc=None,
+                                          per_word=per_word)
     out = []
     for i, p in enumerate(problems):
         g = results[("greedy", 0)][i]

@@ -28,10 +28,11 @@ def tokens_per_word(tokenizer) -> int:
     return max(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
 
 
-def max_trace_tokens(tokenizer, steps: int) -> int:
+def max_trace_tokens(tokenizer, steps: int, per_word: int | None = None) -> int:
     """A generation budget in tokens for a chain of ``steps``: :func:`max_trace_words` times
-    :func:`tokens_per_word`, plus 8 (the end-of-sequence token and slack)."""
-    return max_trace_words(steps) * tokens_per_word(tokenizer) + 8
+    :func:`tokens_per_word` (``per_word`` when the caller has it already), plus 8 (the
+    end-of-sequence token and slack)."""
+    return max_trace_words(steps) * (per_word or tokens_per_word(tokenizer)) + 8
 
 
 def generate(
