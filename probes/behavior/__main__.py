@@ -74,10 +74,75 @@ def load_model(path: str):
     return ckpt.model, ckpt.tokenizer
 
 
-def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None):
-    """Evaluate one or two checkpoints on the same problems; returns the JSON-ready dict."""
+def weights_hash(ckpt: str | Path) -> str:
+    """SHA-256 (hex) of a checkpoint's weights: the bytes of its ``*.safetensors`` files in name
+    order (one file: that file's hash).
+
+    Raises:
+        FileNotFoundError: the directory holds no ``*.safetensors`` file.
+    """
+    import hashlib
+
+    files = sorted(Path(ckpt).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt}: no *.safetensors weights to hash")
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def rows_cache_file(cache_dir: str | Path, weights_sha256: str, problems, settings) -> Path:
+    """Where the per-problem rows of one (weights, problems, settings) triple are cached:
+    ``CACHE_DIR/<sha256 of the three>.jsonl`` (``batch_size`` is left out: it changes speed, not results)."""
+    import hashlib
+
+    key = {"weights": weights_sha256, "problems": [p.id for p in problems],
+           "settings": {k: v for k, v in sorted(settings.__dict__.items()) if k != "batch_size"}}
+    return Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".jsonl")
+
+
+def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True):
+    """:func:`probes.behavior.evaluate.evaluate_model` on one checkpoint, through a cache of its
+    per-problem rows when ``cache_dir`` is given (so a reference shared by several RL runs is
+    measured once). A cache file that cannot be read back whole, or belongs to other problems,
+    is logged, ignored and rewritten.
+
+    Returns:
+        One :class:`~probes.behavior.evaluate.ProblemBehavior` per problem, in order.
+    """
+    from probes.behavior.evaluate import ProblemBehavior, evaluate_model
+    from probes.task.jsonl import LineError, read_jsonl, write_jsonl
+
+    f = rows_cache_file(cache_dir, weights_hash(model_dir), problems, settings) if cache_dir else None
+    if f is not None and f.exists():
+        recs = [r for _, r in read_jsonl(f)]
+        try:
+            if len(recs) != len(problems) or any(isinstance(r, LineError) for r in recs):
+                raise ValueError(f"{len(recs)} readable rows for {len(problems)} problems")
+            rows = [ProblemBehavior.from_dict(r, p) for r, p in zip(recs, problems)]
+            logging.info("behaviour rows of %s read from the cache %s", model_dir, f)
+            return rows
+        except (ValueError, KeyError, TypeError) as e:
+            logging.warning("ignoring the unreadable behaviour cache %s (%s); measuring again", f, e)
+    model, tok = load_model(model_dir)
+    logging.info("evaluating %s on %d problems", model_dir, len(problems))
+    rows = evaluate_model(model, tok, problems, settings, progress=progress)
+    if f is not None:
+        write_jsonl(f, [r.to_dict() for r in rows])
+    return rows
+
+
+def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None,
+                 cache_dir=None):
+    """Evaluate one or two checkpoints on the same problems; returns the JSON-ready dict.
+
+    ``cache_dir``: reuse (and store) each checkpoint's per-problem rows there, keyed by its weights'
+    hash, the problems and the settings (:func:`evaluate_cached`)."""
     from probes.behavior.decompose import decompose, summarize
-    from probes.behavior.evaluate import evaluate_model, stratum_key, summarize_behavior
+    from probes.behavior.evaluate import stratum_key, summarize_behavior
     from probes.task.jsonl import write_jsonl
 
     result: dict = {"schema_version": SCHEMA_VERSION, "model": str(model_dir), "reference": reference_dir and str(reference_dir),
@@ -86,9 +151,7 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
     for role, d in (("model", model_dir), ("reference", reference_dir)):
         if d is None:
             continue
-        model, tok = load_model(d)
-        logging.info("evaluating %s (%s) on %d problems", role, d, len(problems))
-        rows[role] = evaluate_model(model, tok, problems, settings, progress=progress)
+        rows[role] = evaluate_cached(d, problems, settings, cache_dir, progress)
         result["models"][role] = summarize_behavior(rows[role], n_boot=n_boot, seed=settings.seed)
         if responses_out:
             write_jsonl(Path(responses_out).with_suffix(f".{role}.jsonl"), [r.to_dict() for r in rows[role]])
@@ -150,13 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", required=True, help="output JSON file (responses go beside it as .model.jsonl)")
+    ap.add_argument("--cache", help="directory caching each checkpoint's per-problem rows (by weights hash, "
+                    "problems and settings), so a reference measured once is not measured again")
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1 or args.forced < 1:
         ap.error("--n, --samples and --forced must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     problems = held_out_problems(args.n, args.seed, args.steps)
     settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed)
-    result = run_behavior(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out)
+    result = run_behavior(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out,
+                          cache_dir=args.cache)
     result["settings"].update({"n": args.n, "steps": list(args.steps), "problem_seed": args.seed})
     atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(format_table(result))

@@ -67,6 +67,26 @@ class ProblemBehavior:
             "forced_correct": self.forced_correct,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict, problem: Problem) -> "ProblemBehavior":
+        """Rebuild from :meth:`to_dict` output; ``problem`` is the problem it was measured on.
+
+        Raises:
+            ValueError: ``d`` was measured on another problem (its id differs), or its ``pi`` is
+                not one probability per strategy.
+            KeyError: a key of :meth:`to_dict` is missing.
+        """
+        if d["id"] != problem.id:
+            raise ValueError(f"behaviour row {d['id']!r} does not belong to problem {problem.id!r}")
+        pi = np.asarray(d["pi"], dtype=float)
+        if pi.shape != (len(STRATEGIES),):
+            raise ValueError(f"behaviour row {d['id']!r}: pi has shape {pi.shape}, expected ({len(STRATEGIES)},)")
+        return cls(problem=problem, pi=pi, logit_diff=float(d["logit_diff"]), greedy=d["greedy"],
+                   greedy_correct=bool(d["greedy_correct"]), greedy_strategy=d["greedy_strategy"],
+                   samples=list(d["samples"]), sample_correct=[bool(c) for c in d["sample_correct"]],
+                   sample_strategy=list(d["sample_strategy"]),
+                   forced_correct={s: [bool(c) for c in d["forced_correct"][s]] for s in STRATEGIES})
+
 
 def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, per_word=None):
     """Generate one response per problem, batching problems of equal chain length."""

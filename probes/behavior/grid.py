@@ -11,13 +11,13 @@ against their SFT parent, which adds the decomposition), writes ``behavior.json`
   than with same-difficulty RL data.
 
 A checkpoint whose ``behavior.json`` was measured on the same weights (hash) and settings is
-not measured again.
+not measured again, and each checkpoint's per-problem rows are cached under ``--cache`` (by
+weights hash, problems and settings), so a reference shared by two RL runs is measured once.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -27,14 +27,6 @@ from probes.task.jsonl import atomic_write_text
 
 REGIMES = {"fb": "FB mixture", "f": "forward-only", "b": "backward-only"}
 RL_DATA = {"same": "same difficulty", "hard": "harder"}
-
-
-def weights_hash(ckpt: Path) -> str:
-    h = hashlib.sha256()
-    with open(ckpt / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fmt_ci(node: dict, key: str) -> str:
@@ -142,7 +134,7 @@ def pair_checks(pooled: dict, natural_eval: float, natural_inv: float, forward: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.behavior.__main__ import held_out_problems, parse_steps, run_behavior
+    from probes.behavior.__main__ import held_out_problems, parse_steps, run_behavior, weights_hash
     from probes.behavior.evaluate import BehaviorSettings
 
     ap = argparse.ArgumentParser(prog="python -m probes.behavior.grid", description=__doc__,
@@ -154,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forced", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="checkpoint names to measure (default: all present)")
+    ap.add_argument("--cache", default="runs/behavior-cache",
+                    help="per-problem rows of each measured checkpoint, reused when a reference serves several RL runs")
     ap.add_argument("--table-only", action="store_true", help="print the grid from existing behavior.json files")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -175,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
             # RL runs and controls are measured against the checkpoint they start from
             ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
-            res = run_behavior(str(ckpt), ref, problems, settings)
+            res = run_behavior(str(ckpt), ref, problems, settings, cache_dir=args.cache)
             res["settings"].update(key)
             res["weights_sha256"] = whash
             atomic_write_text(out, json.dumps(res, indent=1, sort_keys=True) + "\n")

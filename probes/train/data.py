@@ -55,6 +55,34 @@ def grpo_rows(cfg: DataConfig) -> list[dict]:
     return rows
 
 
+def completion_budget(rows: list[dict], tokenizer) -> int:
+    """The fewest completion tokens that let every strategy's correct trace finish on ``rows``.
+
+    For each GRPO row (:func:`grpo_rows`) and each strategy, the correct trace as the model writes
+    it (a leading space, or the bare text under a chat template) in ``tokenizer``'s tokens, plus 1
+    for the end token; the maximum over rows. A ``max_completion_length`` below it truncates those
+    traces, so a correct long-chain answer scores 0 and GRPO learns to avoid the longer strategy:
+    a selection effect made by the budget, not by accuracy.
+
+    Units: tokens. Cost: one tokenisation per (row, strategy).
+    """
+    from probes.task.problems import Problem
+    from probes.task.traces import STRATEGIES
+
+    longest = 0
+    seen = set()
+    for row in rows:
+        if row["problem"] in seen:
+            continue
+        seen.add(row["problem"])
+        prob = Problem.from_dict(json.loads(row["problem"]))
+        chat = not isinstance(row["prompt"], str)
+        for s in STRATEGIES:
+            text = make_trace(prob, s) if chat else " " + make_trace(prob, s)
+            longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return longest + 1
+
+
 def data_hash(rows: list[dict]) -> str:
     """SHA-256 of the rows' canonical JSON (for checkpoint cards and manifests)."""
     h = hashlib.sha256()

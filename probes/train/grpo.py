@@ -15,7 +15,7 @@ from pathlib import Path
 
 from probes.train.checkpoint import is_finished, last_checkpoint, save_final
 from probes.train.config import TrainConfig, trainer_kwargs
-from probes.train.data import data_hash, grpo_rows
+from probes.train.data import completion_budget, data_hash, grpo_rows
 from probes.train.reward import make_reward_func
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,13 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
     tok, model = load_tokenizer_and_model(cfg)
     rows = grpo_rows(cfg.data)
     g = cfg.grpo
+    needed = completion_budget(rows, tok)
+    if g.max_completion_length < needed:
+        raise ValueError(
+            f"{cfg.name}: grpo.max_completion_length = {g.max_completion_length} truncates correct traces: the "
+            f"longest correct trace of this data (either strategy, with the end token) is {needed} tokens, and a "
+            f"truncated correct answer scores 0, which biases GRPO against the longer strategy. Set "
+            f"grpo.max_completion_length to at least {needed}, or drop the longest chains from data.steps.")
     work = out / "_work"
     args = GRPOConfig(
         **trainer_kwargs(cfg.optim, cfg.data, str(work)),

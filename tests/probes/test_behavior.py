@@ -133,3 +133,44 @@ def test_pair_checks_apply_issue_3_thresholds_to_share_and_term():
     assert pair_checks(good_imp, 0.99, 0.0, 0.96)["improvement_pair"]
     assert not pair_checks(good_imp, 0.99, 0.0, 0.90)["improvement_pair"]  # forward share below 95%
     assert not pair_checks(pooled(0, [0, 0], 0.04, [0.01, 0.07]), 0.99, 0.0, 0.99)["improvement_pair"]
+
+
+def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tiny_dir, tmp_path, monkeypatch):
+    import probes.behavior.evaluate as ev
+    from probes.behavior.__main__ import evaluate_cached, rows_cache_file, weights_hash
+    from probes.behavior.evaluate import BehaviorSettings
+
+    problems = held_out_problems(12, seed=0, steps=(1, 2))
+    settings = BehaviorSettings(n_samples=2, n_forced=1, batch_size=8)
+    calls = []
+    real = ev.evaluate_model
+    monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False)
+    assert len(calls) == 1
+    f = rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, settings)
+    assert f.exists()
+    again = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False)
+    assert len(calls) == 1  # read back, not measured
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in first]
+    assert np.array_equal(np.stack([r.a for r in again]), np.stack([r.a for r in first]))
+    # the batch size changes speed only, so it shares the entry; other settings or problems do not
+    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviorSettings(n_samples=2, n_forced=1)) == f
+    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviorSettings(n_samples=3, n_forced=1)) != f
+    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems[:-1], settings) != f
+    # a truncated file is detected, measured again and rewritten whole
+    f.write_text("\n".join(f.read_text().splitlines()[:5]) + "\n{broken")
+    third = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False)
+    assert len(calls) == 2 and len(f.read_text().splitlines()) == len(problems)
+    assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
+
+
+def test_a_behaviour_row_refuses_another_problem(tiny_dir):
+    from probes.behavior.evaluate import ProblemBehavior
+
+    a, b = held_out_problems(2, seed=0, steps=(3,))
+    row = {"id": a.id, "pi": [0.5, 0.5], "logit_diff": 0.0, "greedy": "", "greedy_correct": False,
+           "greedy_strategy": "unparseable", "samples": [], "sample_correct": [], "sample_strategy": [],
+           "forced_correct": {"forward": [True], "backward": [False]}}
+    assert ProblemBehavior.from_dict(row, a).a.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="does not belong"):
+        ProblemBehavior.from_dict(row, b)

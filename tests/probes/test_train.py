@@ -113,6 +113,11 @@ data: {{n: 16, steps: {{1: 1}}}}
 optim: {{lr: 1.0e-4, max_steps: 2, save_steps: 1, logging_steps: 1, scheduler: constant}}
 grpo: {{num_generations: 2, prompts_per_step: 2, max_completion_length: 16}}
 """)
+    # a budget shorter than the longest correct trace (forward inversion at k = 1: 32 words + end) is refused
+    with pytest.raises(ValueError, match="max_completion_length to at least 33"):
+        main(["grpo", "--config", str(grpo)])
+    assert not (tmp_path / "grpo" / "_work").exists()
+    grpo.write_text(grpo.read_text().replace("max_completion_length: 16", "max_completion_length: 33"))
     assert main(["grpo", "--config", str(grpo)]) == 0
     card = json.loads((tmp_path / "grpo" / "card.json").read_text())
     assert card["global_step"] == 2 and card["algorithm"].startswith("GRPO")
@@ -133,3 +138,17 @@ def test_cli_rejects_a_stage_mismatch(tmp_path):
     f = _write(tmp_path / "c.yaml", "name: x\nstage: sft\nout: o\n")
     with pytest.raises(SystemExit):
         main(["grpo", "--config", str(f)])
+
+
+@pytest.mark.parametrize("k", [1, 5, 8])
+def test_completion_budget_is_the_longest_correct_trace_plus_the_end_token(k):
+    from probes.task.tokenizer import build_tokenizer
+    from probes.train.config import DataConfig
+    from probes.train.data import completion_budget, grpo_rows
+
+    rows = grpo_rows(DataConfig(n=40, steps={k: 1.0}, seed=3))
+    # the long strategy's trace (backward for evaluation, forward for inversion) is 24 + 8k words
+    assert completion_budget(rows, build_tokenizer()) == 24 + 8 * k + 1
+    # a mixture's budget is set by its longest chain
+    mixed = grpo_rows(DataConfig(n=40, steps={1: 1.0, k: 1.0}, seed=3))
+    assert completion_budget(mixed, build_tokenizer()) == 24 + 8 * k + 1
