@@ -10,6 +10,11 @@ against their SFT parent, which adds the decomposition), writes ``behavior.json`
 - *harder RL data enables improvement*: the improvement term is larger with the harder RL data
   than with same-difficulty RL data.
 
+An improvement control pair (continued SFT on harder chains with the strategy held fixed, not
+RL) is shipped as its start checkpoint, whose card names the end: ``"control_pair": {"after":
+NAME, ...}``; its ``behavior.json`` holds NAME measured against it, and the table lists the pair
+as ``START -> NAME (control)``.
+
 A checkpoint whose ``behavior.json`` was measured on the same weights (hash) and settings is
 not measured again, and each checkpoint's per-problem rows are cached under ``--cache`` (by
 weights hash, problems and settings), so a reference shared by two RL runs is measured once.
@@ -44,6 +49,11 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
         lines.append(f"- starts from: `{card['init']}`")
     if card.get("control"):
         lines.append(f"- **control checkpoint**: {card['control']}")
+    if card.get("control_pair"):
+        cp = card["control_pair"]
+        lines.append(f"- **start of an improvement control pair** (continued SFT, not RL): this checkpoint -> "
+                     f"`{cp['after']}`; {cp.get('note', '')}. The behaviour below is `{cp['after']}` measured "
+                     f"against this checkpoint.")
     lines += [
         f"- model: Qwen2ForCausalLM {json.dumps(cfg.get('model'))}",
         f"- data: {json.dumps(cfg.get('data'))}",
@@ -72,29 +82,37 @@ def grid_table(root: Path) -> tuple[str, dict]:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     found: dict = {}
     shares: dict = {}  # name -> (P(forward | evaluation), P(backward | inversion), P(forward) over both types)
+
+    def add_row(name: str, b: dict) -> None:
+        m = b["models"]["model"]
+        sh = m["strategy_share"]
+        fa = m["forced_accuracy"]
+        cells = [name, f"{m['accuracy']['sampled']['mean']:.3f}",
+                 f"{sh['evaluation']['sampled']['forward']:.2f}", f"{sh['inversion']['sampled']['forward']:.2f}",
+                 f"{fa['evaluation']['forward']['mean']:.2f}", f"{fa['evaluation']['backward']['mean']:.2f}",
+                 f"{fa['inversion']['forward']['mean']:.2f}", f"{fa['inversion']['backward']['mean']:.2f}"]
+        if "decomposition" in b:
+            p = b["decomposition"]["pooled"]
+            cells += [_fmt_ci(p, "delta"), _fmt_ci(p, "selection"), _fmt_ci(p, "improvement")]
+            found[name] = p
+            shares[name] = (sh["evaluation"]["sampled"]["forward"], sh["inversion"]["sampled"]["backward"],
+                            (sh["evaluation"]["sampled"]["forward"] + sh["inversion"]["sampled"]["forward"]) / 2)
+        else:
+            cells += ["", "", ""]
+        rows.append("| " + " | ".join(cells) + " |")
+
     for reg in REGIMES:
         names = [f"sft-{reg}"] + [f"{kind}-{reg}-{rl}" for kind in ("rl", "ctl") for rl in RL_DATA]
         for name in names:
             f = root / name / "behavior.json"
-            if not f.exists():
-                continue
-            b = json.loads(f.read_text())
-            m = b["models"]["model"]
-            sh = m["strategy_share"]
-            fa = m["forced_accuracy"]
-            cells = [name, f"{m['accuracy']['sampled']['mean']:.3f}",
-                     f"{sh['evaluation']['sampled']['forward']:.2f}", f"{sh['inversion']['sampled']['forward']:.2f}",
-                     f"{fa['evaluation']['forward']['mean']:.2f}", f"{fa['evaluation']['backward']['mean']:.2f}",
-                     f"{fa['inversion']['forward']['mean']:.2f}", f"{fa['inversion']['backward']['mean']:.2f}"]
-            if "decomposition" in b:
-                p = b["decomposition"]["pooled"]
-                cells += [_fmt_ci(p, "delta"), _fmt_ci(p, "selection"), _fmt_ci(p, "improvement")]
-                found[name] = p
-                shares[name] = (sh["evaluation"]["sampled"]["forward"], sh["inversion"]["sampled"]["backward"],
-                                (sh["evaluation"]["sampled"]["forward"] + sh["inversion"]["sampled"]["forward"]) / 2)
-            else:
-                cells += ["", "", ""]
-            rows.append("| " + " | ".join(cells) + " |")
+            if f.exists():
+                add_row(name, json.loads(f.read_text()))
+    # improvement control pairs: a checkpoint whose card names the `control_pair` it is the start of
+    for d in sorted(p for p in root.iterdir() if (p / "card.json").exists() and (p / "behavior.json").exists()):
+        pair = json.loads((d / "card.json").read_text()).get("control_pair")
+        b = json.loads((d / "behavior.json").read_text())
+        if pair and "decomposition" in b:
+            add_row(f"{d.name} -> {pair['after']} (control)", b)
     claims = {}
     sel = {reg: found.get(f"rl-{reg}-hard", {}).get("selection") for reg in REGIMES}
     if sel["fb"] is not None and (sel["f"] is not None or sel["b"] is not None):
@@ -159,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and ckpt.name not in args.only:
                 continue
             card = json.loads((ckpt / "card.json").read_text())
-            whash = weights_hash(ckpt)
+            pair = card.get("control_pair")
+            # RL runs and controls are measured against the checkpoint they start from; the start
+            # of a control pair measures the pair's end against itself
+            if pair:
+                model_dir, ref = str(root / pair["after"]), str(ckpt)
+            else:
+                model_dir = str(ckpt)
+                ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
+            whash = weights_hash(model_dir) + (f"+{weights_hash(ref)}" if pair else "")
             key = {"n": args.n, "steps": list(args.steps), "problem_seed": args.seed}
             out = ckpt / "behavior.json"
             if out.exists():
@@ -167,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 if old.get("weights_sha256") == whash and all(old["settings"].get(k) == v for k, v in key.items()):
                     logging.info("%s: behaviour up to date", ckpt.name)
                     continue
-            # RL runs and controls are measured against the checkpoint they start from
-            ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
-            res = run_behavior(str(ckpt), ref, problems, settings, cache_dir=args.cache)
+            res = run_behavior(model_dir, ref, problems, settings, cache_dir=args.cache)
             res["settings"].update(key)
             res["weights_sha256"] = whash
             atomic_write_text(out, json.dumps(res, indent=1, sort_keys=True) + "\n")

@@ -174,3 +174,37 @@ def test_a_behaviour_row_refuses_another_problem(tiny_dir):
     assert ProblemBehavior.from_dict(row, a).a.tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="does not belong"):
         ProblemBehavior.from_dict(row, b)
+
+
+def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the_end_changes(tiny_dir, tmp_path, capsys):
+    import shutil
+
+    from probes.behavior.grid import main as grid_main
+    from probes.task.tokenizer import build_tokenizer
+    from probes.train.config import ModelConfig
+    from probes.train.model import build_model
+
+    root = tmp_path / "organism"
+    shutil.copytree(tiny_dir, root / "start")
+    tok = build_tokenizer()
+    build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=4).save_pretrained(str(root / "end"))
+    tok.save_pretrained(str(root / "end"))
+    (root / "start" / "card.json").write_text(json.dumps(
+        {"name": "start", "stage": "sft", "control_pair": {"after": "end", "note": "phase 3 on harder chains"}}))
+    (root / "end" / "card.json").write_text(json.dumps({"name": "end", "stage": "sft", "init": str(root / "start")}))
+    argv = ["--root", str(root), "--n", "8", "--steps", "1-2", "--samples", "1", "--forced", "1",
+            "--cache", str(tmp_path / "cache")]
+    assert grid_main(argv) == 0
+    res = json.loads((root / "start" / "behavior.json").read_text())
+    assert res["model"] == str(root / "end") and res["reference"] == str(root / "start")
+    assert "decomposition" in res and "decomposition" not in json.loads((root / "end" / "behavior.json").read_text())
+    out = capsys.readouterr().out
+    assert "| start -> end (control) |" in out and '"start -> end (control)"' in out  # a row and its pair checks
+    assert "start of an improvement control pair" in (root / "start" / "README.md").read_text()
+    # up to date: not measured again; a new end checkpoint is
+    mtime = (root / "start" / "behavior.json").stat().st_mtime_ns
+    assert grid_main(argv) == 0
+    assert (root / "start" / "behavior.json").stat().st_mtime_ns == mtime
+    build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=5).save_pretrained(str(root / "end"))
+    assert grid_main(argv) == 0
+    assert (root / "start" / "behavior.json").stat().st_mtime_ns != mtime
