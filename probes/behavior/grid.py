@@ -61,7 +61,7 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
         f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
         f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps"
         + (f"; {card['training_time_note']}" if card.get("training_time_note") else ""),
-        f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '')[:16]}...`",
+        f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '').split('+')[0][:16]}...`",
         "",
         "## Behaviour",
         "",
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model_dir = str(ckpt)
                 ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
-            whash = weights_hash(model_dir) + (f"+{weights_hash(ref)}" if pair else "")
+            # this checkpoint's weights first; a pair adds its end's: "START+END"
+            whash = weights_hash(ckpt) + (f"+{weights_hash(model_dir)}" if pair else "")
             key = {"n": args.n, "steps": list(args.steps), "problem_seed": args.seed}
             out = ckpt / "behavior.json"
             if out.exists():

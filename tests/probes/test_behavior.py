@@ -179,6 +179,7 @@ def test_a_behaviour_row_refuses_another_problem(tiny_dir):
 def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the_end_changes(tiny_dir, tmp_path, capsys):
     import shutil
 
+    from probes.behavior.__main__ import weights_hash
     from probes.behavior.grid import main as grid_main
     from probes.task.tokenizer import build_tokenizer
     from probes.train.config import ModelConfig
@@ -200,7 +201,9 @@ def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the
     assert "decomposition" in res and "decomposition" not in json.loads((root / "end" / "behavior.json").read_text())
     out = capsys.readouterr().out
     assert "| start -> end (control) |" in out and '"start -> end (control)"' in out  # a row and its pair checks
-    assert "start of an improvement control pair" in (root / "start" / "README.md").read_text()
+    card = (root / "start" / "README.md").read_text()
+    assert "start of an improvement control pair" in card
+    assert f"sha256 `{weights_hash(root / 'start')[:16]}" in card  # its own weights, not the end's
     # up to date: not measured again; a new end checkpoint is
     mtime = (root / "start" / "behavior.json").stat().st_mtime_ns
     assert grid_main(argv) == 0
