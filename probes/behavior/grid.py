@@ -44,7 +44,8 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
     from probes.behavior.__main__ import format_table
 
     cfg = card.get("config", {})
-    lines = [f"# {name}", "", f"- stage: {card.get('stage')} ({card.get('algorithm', 'TRL SFTTrainer')})"]
+    grpo = card.get("stage") == "grpo"
+    lines = [f"# {name}", "", f"- stage: {card.get('algorithm') or 'SFT (TRL SFTTrainer)'}"]
     if card.get("init"):
         lines.append(f"- starts from: `{card['init']}`")
     if card.get("control"):
@@ -56,8 +57,12 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
                      f"against this checkpoint.")
     lines += [
         f"- model: Qwen2ForCausalLM {json.dumps(cfg.get('model'))}",
-        f"- data: {json.dumps(cfg.get('data'))}",
+        # GRPO samples the strategy itself: the SFT mixture setting does not apply to it
+        f"- data: {json.dumps({k: v for k, v in (cfg.get('data') or {}).items() if not (grpo and k == 'strategies')})}",
         f"- optimiser: {json.dumps(cfg.get('optim'))}",
+        *([f"- GRPO: {json.dumps(cfg.get('grpo'))}"] if grpo else []),
+        *([f"- RL data: {RL_DATA[name.rsplit('-', 1)[1]]} (\"{name.rsplit('-', 1)[1]}\" in the grid)"]
+          if grpo and name.rsplit("-", 1)[-1] in RL_DATA else []),
         f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
         f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps"
         + (f"; {card['training_time_note']}" if card.get("training_time_note") else ""),

@@ -211,3 +211,20 @@ def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the
     build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=5).save_pretrained(str(root / "end"))
     assert grid_main(argv) == 0
     assert (root / "start" / "behavior.json").stat().st_mtime_ns != mtime
+
+
+def test_a_grpo_card_shows_its_grpo_settings_and_rl_data_and_not_the_sft_mixture():
+    from pathlib import Path
+
+    from probes.behavior.grid import card_markdown
+
+    d = Path("checkpoints/organism/rl-f-same")
+    card = json.loads((d / "card.json").read_text())
+    text = card_markdown("rl-f-same", card, json.loads((d / "behavior.json").read_text()))
+    data_line = next(l for l in text.splitlines() if l.startswith("- data:"))
+    assert "strategies" not in data_line and '"steps"' in data_line
+    assert f'"max_completion_length": {card["config"]["grpo"]["max_completion_length"]}' in text
+    assert "- RL data: same difficulty" in text and "- stage: GRPO (TRL GRPOTrainer)" in text
+    sft = json.loads(Path("checkpoints/organism/sft-f/card.json").read_text())
+    sft_text = card_markdown("sft-f", sft, json.loads(Path("checkpoints/organism/sft-f/behavior.json").read_text()))
+    assert "strategies" in sft_text and "- GRPO:" not in sft_text and "- RL data:" not in sft_text
