@@ -63,14 +63,15 @@ def load_model(path: str):
     on the CPU.
 
     Raises:
-        SystemExit: with a one-line ``error:`` when the checkpoint cannot be loaded.
+        SystemExit: status 2, after a one-line ``error:`` on stderr, when the checkpoint cannot be loaded.
     """
     from activations.load import CheckpointError, load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None  # the exit status of a bad checkpoint in `probes.run` too
     return ckpt.model, ckpt.tokenizer
 
 

@@ -81,7 +81,7 @@ def test_behavior_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir,
 def test_behavior_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tmp_path), "--n", "2", "--out",
                         str(tmp_path / "x.json")], capture_output=True, text=True)
-    assert r.returncode != 0 and "has no config.json" in r.stderr and r.stderr.startswith("error:")
+    assert r.returncode == 2 and "has no config.json" in r.stderr and r.stderr.startswith("error:")
 
 
 def test_generation_ignores_a_repetition_penalty_in_the_checkpoints_generation_config(tiny_dir):
