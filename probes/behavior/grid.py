@@ -66,7 +66,7 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
         f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
         f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps"
         + (f"; {card['training_time_note']}" if card.get("training_time_note") else ""),
-        f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '').split('+')[0][:16]}...`",
+        f"- weights: fp16 safetensors, sha256 `{beh.get('weights_sha256', '')[:16]}...`",
         "",
         "## Behaviour",
         "",
@@ -190,18 +190,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model_dir = str(ckpt)
                 ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
-            # this checkpoint's weights first; a pair adds its end's: "START+END"
-            whash = weights_hash(ckpt) + (f"+{weights_hash(model_dir)}" if pair else "")
+            whash = weights_hash(ckpt)
+            end_hash = weights_hash(model_dir) if pair else None  # a pair is stale when either end changes
             key = {"n": args.n, "steps": list(args.steps), "problem_seed": args.seed}
             out = ckpt / "behavior.json"
             if out.exists():
                 old = json.loads(out.read_text())
-                if old.get("weights_sha256") == whash and all(old["settings"].get(k) == v for k, v in key.items()):
+                if (old.get("weights_sha256") == whash and old.get("end_weights_sha256") == end_hash
+                        and all(old["settings"].get(k) == v for k, v in key.items())):
                     logging.info("%s: behaviour up to date", ckpt.name)
                     continue
             res = run_behavior(model_dir, ref, problems, settings, cache_dir=args.cache)
             res["settings"].update(key)
             res["weights_sha256"] = whash
+            if pair:
+                res["end_weights_sha256"] = end_hash
             atomic_write_text(out, json.dumps(res, indent=1, sort_keys=True) + "\n")
             atomic_write_text(ckpt / "README.md", card_markdown(ckpt.name, card, res))
     table, claims = grid_table(root)
