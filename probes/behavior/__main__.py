@@ -105,11 +105,12 @@ def rows_cache_file(cache_dir: str | Path, weights_sha256: str, problems, settin
     return Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".jsonl")
 
 
-def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True):
+def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True, weights_sha256=None):
     """:func:`probes.behavior.evaluate.evaluate_model` on one checkpoint, through a cache of its
     per-problem rows when ``cache_dir`` is given (so a reference shared by several RL runs is
     measured once). A cache file that cannot be read back whole, or belongs to other problems,
-    is logged, ignored and rewritten.
+    is logged, ignored and rewritten. ``weights_sha256``: the checkpoint's :func:`weights_hash`
+    when the caller has it already (the weights are then not read twice); computed when None.
 
     Returns:
         One :class:`~probes.behavior.evaluate.ProblemBehavior` per problem, in order.
@@ -117,7 +118,9 @@ def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True
     from probes.behavior.evaluate import ProblemBehavior, evaluate_model
     from probes.task.jsonl import LineError, read_jsonl, write_jsonl
 
-    f = rows_cache_file(cache_dir, weights_hash(model_dir), problems, settings) if cache_dir else None
+    f = None
+    if cache_dir:
+        f = rows_cache_file(cache_dir, weights_sha256 or weights_hash(model_dir), problems, settings)
     if f is not None and f.exists():
         recs = [r for _, r in read_jsonl(f)]
         try:
@@ -137,11 +140,12 @@ def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True
 
 
 def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None,
-                 cache_dir=None):
+                 cache_dir=None, weights_sha256=None):
     """Evaluate one or two checkpoints on the same problems; returns the JSON-ready dict.
 
     ``cache_dir``: reuse (and store) each checkpoint's per-problem rows there, keyed by its weights'
-    hash, the problems and the settings (:func:`evaluate_cached`)."""
+    hash, the problems and the settings (:func:`evaluate_cached`). ``weights_sha256``: hashes the
+    caller has already computed, by role (``{"model": ..., "reference": ...}``; either may be missing)."""
     from probes.behavior.decompose import decompose, summarize
     from probes.behavior.evaluate import stratum_key, summarize_behavior
     from probes.task.jsonl import write_jsonl
@@ -152,7 +156,8 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
     for role, d in (("model", model_dir), ("reference", reference_dir)):
         if d is None:
             continue
-        rows[role] = evaluate_cached(d, problems, settings, cache_dir, progress)
+        rows[role] = evaluate_cached(d, problems, settings, cache_dir, progress,
+                                     weights_sha256=(weights_sha256 or {}).get(role))
         result["models"][role] = summarize_behavior(rows[role], n_boot=n_boot, seed=settings.seed)
         if responses_out:
             write_jsonl(Path(responses_out).with_suffix(f".{role}.jsonl"), [r.to_dict() for r in rows[role]])

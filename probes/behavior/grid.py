@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         and all(old["settings"].get(k) == v for k, v in key.items())):
                     logging.info("%s: behaviour up to date", ckpt.name)
                     continue
-            res = run_behavior(model_dir, ref, problems, settings, cache_dir=args.cache)
+            known = {"model": end_hash, "reference": whash} if pair else {"model": whash}
+            res = run_behavior(model_dir, ref, problems, settings, cache_dir=args.cache, weights_sha256=known)
             res["settings"].update(key)
             res["weights_sha256"] = whash
             if pair:

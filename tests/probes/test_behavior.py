@@ -162,6 +162,12 @@ def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tin
     third = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False)
     assert len(calls) == 2 and len(f.read_text().splitlines()) == len(problems)
     assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
+    # a hash the caller already has is used as the key: the weights are not read again
+    import probes.behavior.__main__ as bm
+    known = weights_hash(tiny_dir)
+    monkeypatch.setattr(bm, "weights_hash", lambda d: (_ for _ in ()).throw(AssertionError("hashed again")))
+    fourth = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False, weights_sha256=known)
+    assert len(calls) == 2 and [r.to_dict() for r in fourth] == [r.to_dict() for r in first]
 
 
 def test_a_behaviour_row_refuses_another_problem(tiny_dir):
