@@ -476,9 +476,14 @@ def verdict_lines(run: RunFolder) -> list[str]:
     res = read_json(run.root / "results.json")
     v = res["verdict"]
     lines = [f"verdict: {v['label']}"]
+    pv = (res.get("patching") or {}).get("verdict") or {}
     for k in ("selection", "improvement"):
-        why = v.get(f"{k}_score_undefined_reason")
-        lines.append(f"  {k} score: {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}" + (f" ({why})" if why else ""))
+        node = pv.get(k) or {}
+        why = "; ".join(node.get("why_not") or []) or v.get(f"{k}_score_undefined_reason")
+        # a score near 1 can still fail the rule (its gap too small): say which condition failed beside it
+        status = {True: "passes", False: "does not pass"}.get(node.get("passes"), "")
+        tail = (f" ({status}: {why})" if status and why else f" ({status or why})" if status or why else "")
+        lines.append(f"  {k} score: {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}{tail}")
     b = v["behaviour"]
     lines.append(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
     secs = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES}

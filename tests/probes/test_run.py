@@ -330,3 +330,22 @@ def test_a_pair_of_different_architectures_is_a_one_line_error(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "differ in config.num_hidden_layers: 2 vs 3" in r.stderr
     assert not (tmp_path / "run" / "stages").exists()  # refused before any stage ran
+
+
+def test_the_printed_verdict_says_beside_each_score_whether_it_passes_and_why_not(tmp_path):
+    # a recovery near 1 of a gap too small to count must not read as evidence of improvement
+    from probes.run import verdict_lines
+    from probes.runfolder import RunFolder
+
+    why = "the execution gap mean (logp_post - logp_pre) -0.041 nats/token (CI lower bound -0.090) is not above 0.05"
+    res = {"verdict": {"label": "selection", "selection_score": 0.8, "selection_score_ci": [0.7, 0.9],
+                       "selection_score_undefined_reason": None, "improvement_score": 0.97,
+                       "improvement_score_ci": [0.96, 0.99], "improvement_score_undefined_reason": None,
+                       "behaviour": {"delta": 0.1, "selection": 0.09, "improvement": 0.01}},
+           "patching": {"verdict": {"selection": {"passes": True, "why_not": []},
+                                    "improvement": {"passes": False, "why_not": [why]}}}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    lines = verdict_lines(RunFolder(tmp_path))
+    assert lines[0] == "verdict: selection"
+    assert lines[1] == "  selection score: +0.800 [+0.700, +0.900] (passes)"
+    assert lines[2] == f"  improvement score: +0.970 [+0.960, +0.990] (does not pass: {why})"
