@@ -46,6 +46,16 @@ def test_reward_func_scores_a_batch_and_logs_forward_share():
           problem=[json.dumps(p.to_dict()) for p in probs], log_metric=lambda k, v: logged.__setitem__(k, v))
     assert r == [1.0, 1.0, 0.0, 0.0]
     assert logged["forward_share"] == 0.5
+    # per type: each completion counts under the type of the problem it was sampled for
+    for t in ("evaluation", "inversion"):
+        idx = [i for i, p in enumerate(probs) if p.type == t]
+        assert idx, "the batch must hold both types"
+        assert logged[f"forward_share/{t}"] == sum(comps[i].startswith("F ") for i in idx) / len(idx)
+    # each type to its natural strategy: the pooled share (0.5) cannot see it, the per-type shares do
+    natural = [make_trace(p, "forward" if p.type == "evaluation" else "backward") for p in probs]
+    f(prompts=[p.prompt for p in probs], completions=natural, problem=[json.dumps(p.to_dict()) for p in probs],
+      log_metric=lambda k, v: logged.__setitem__(k, v))
+    assert (logged["forward_share"], logged["forward_share/evaluation"], logged["forward_share/inversion"]) == (0.5, 1.0, 0.0)
 
 
 def test_config_errors_name_the_bad_field(tmp_path):
