@@ -2,6 +2,13 @@
 
 Each stage saves intermediate checkpoints under ``OUT/_work`` and resumes from the newest on
 a rerun; a finished stage (``OUT/card.json`` present) is skipped unless ``--force``.
+
+``grid --jobs N`` runs the grid's stages N CPU threads at a time, each in its own process: a
+stage waits for the stage whose ``out`` is its ``init``, and occupies as many of the N slots as
+its ``optim.threads`` (1 when unset); among the stages ready to start, the one heading the longest
+chain of stages goes first. Each stage's output goes to ``LOG_DIR/NAME.log``; a failed
+stage's dependents are not started, the others run on, and the exit status is 1. ``--jobs 1``
+(the default) runs the stages one after another in this process, in the listed order.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from pydantic import ValidationError
 
 from probes.train.config import GridConfig, TrainConfig, load_config
 
+log = logging.getLogger("probes.train")
+
 
 def _run_stage(cfg: TrainConfig, force: bool) -> None:
     if cfg.stage == "sft":
@@ -27,12 +36,96 @@ def _run_stage(cfg: TrainConfig, force: bool) -> None:
         run_grpo(cfg, force=force)
 
 
+def _stage_needs(stages: list[tuple[Path, TrainConfig]]) -> dict[str, str | None]:
+    """For each stage name, the name of the listed stage that produces its ``init`` (None when
+    its ``init`` is not made by the grid, e.g. a base model on disk)."""
+    by_out = {Path(c.out).resolve(): c.name for _, c in stages}
+    return {c.name: by_out.get(Path(c.init).resolve()) if c.init else None for _, c in stages}
+
+
+def _stage_command(path: Path, cfg: TrainConfig, force: bool) -> list[str]:
+    return [sys.executable, "-m", "probes.train", cfg.stage, "--config", str(path)] + (["--force"] if force else [])
+
+
+def run_grid_parallel(stages: list[tuple[Path, TrainConfig]], jobs: int, log_dir: Path, force: bool = False,
+                      poll_s: float = 2.0, command=_stage_command) -> int:
+    """Run the stages as subprocesses, ``jobs`` CPU threads' worth at a time (see the module
+    docstring). ``command(path, cfg, force)`` gives a stage's argv (default: ``python -m
+    probes.train STAGE --config PATH``). Returns 0 when every stage finished, else 1.
+
+    Raises:
+        ValueError: a stage needs more threads than ``jobs``, or two stages share a name.
+    """
+    import os
+    import subprocess
+    import time
+
+    names = [c.name for _, c in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names repeat in the grid: {names}")
+    cost = {c.name: max(1, c.optim.threads or 1) for _, c in stages}
+    too_big = [n for n, k in cost.items() if k > jobs]
+    if too_big:
+        raise ValueError(f"stages {too_big} need more threads than --jobs {jobs}: raise --jobs or lower optim.threads")
+    needs = _stage_needs(stages)
+    if any(needs[nm] == nm for nm in names):
+        raise ValueError("a grid stage starts from its own output: " + ", ".join(nm for nm in names if needs[nm] == nm))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def chain(name: str, seen=()) -> int:  # stages in the longest chain that starts with this one
+        if name in seen:
+            raise ValueError(f"grid stages wait on each other in a cycle through {name}")
+        return 1 + max((chain(m, seen + (name,)) for m in names if needs[m] == name), default=0)
+
+    # longest remaining chain first (ties in the listed order): the SFT lines with the most phases
+    # start at once, and the RL stages fill the slots at the end
+    pending = sorted(stages, key=lambda st: -chain(st[1].name))
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    done, failed = set(), set()
+    n = len(stages)
+    while pending or running:
+        for name, (proc, t0, fh) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            fh.close()
+            del running[name]
+            (done if proc.returncode == 0 else failed).add(name)
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {log_dir / name}.log)"
+            print(f"[{len(done) + len(failed)}/{n}] {name} {status} in {time.time() - t0:.0f} s", flush=True)
+        for path, c in list(pending):
+            dep = needs[c.name]
+            if dep in failed:
+                pending.remove((path, c))
+                failed.add(c.name)
+                print(f"[{len(done) + len(failed)}/{n}] {c.name} not started: {dep} failed", flush=True)
+                continue
+            free = jobs - sum(cost[r] for r in running)
+            if (dep is None or dep in done) and cost[c.name] <= free:
+                pending.remove((path, c))
+                fh = open(log_dir / f"{c.name}.log", "a")
+                env = {**os.environ, "OMP_NUM_THREADS": str(cost[c.name])}
+                running[c.name] = (subprocess.Popen(command(path, c, force), stdout=fh, stderr=subprocess.STDOUT, env=env), time.time(), fh)
+                print(f"started {c.name} ({cost[c.name]} thread(s); log {log_dir / c.name}.log)", flush=True)
+        if running:
+            time.sleep(poll_s)
+        elif pending:  # nothing runs and nothing can start: a stage waits on itself or on a cycle
+            raise ValueError("grid stages wait on each other: " + ", ".join(f"{c.name} needs {needs[c.name]}"
+                                                                        for _, c in pending))
+    if failed:
+        print(f"grid: {len(failed)} stage(s) did not finish: {sorted(failed)}", flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m probes.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["sft", "grpo", "grid"])
     ap.add_argument("--config", required=True, help="YAML config (a stage, or a grid listing stage files)")
     ap.add_argument("--force", action="store_true", help="retrain a finished stage")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="grid only: CPU threads to fill with concurrent stages (each in its own process; default 1: "
+                         "one stage after another)")
+    ap.add_argument("--log-dir", default="runs/train-logs", help="grid --jobs > 1: one NAME.log per stage")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -44,10 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grid":
         if not isinstance(cfg, GridConfig):
             ap.error(f"{args.config} is a stage config; `grid` needs a file with `stages:`")
+        if args.jobs < 1:
+            ap.error(f"--jobs must be at least 1, got {args.jobs}")
         base = Path(args.config).parent
+        stages = []
         for stage_file in cfg.stages:
             path = Path(stage_file) if Path(stage_file).exists() else base / stage_file
-            _run_stage(load_config(path), args.force)
+            try:
+                stages.append((path, load_config(path)))
+            except FileNotFoundError:
+                ap.error(f"{args.config} lists {stage_file}, which is not a file (looked in . and {base})")
+            except ValidationError as e:
+                ap.error(f"invalid stage config {path}:\n{e}")
+        if args.jobs > 1:
+            try:
+                return run_grid_parallel(stages, args.jobs, Path(args.log_dir), args.force)
+            except ValueError as e:
+                ap.error(str(e))
+        for _, stage_cfg in stages:
+            _run_stage(stage_cfg, args.force)
         return 0
     if not isinstance(cfg, TrainConfig) or cfg.stage != args.command:
         ap.error(f"{args.config} is not a `{args.command}` stage config")

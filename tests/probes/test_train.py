@@ -1,6 +1,7 @@
 """Smoke SFT and GRPO through TRL on a tiny organism, the reward against the verifier, resume."""
 
 import json
+import sys
 
 import pytest
 
@@ -162,3 +163,60 @@ def test_completion_budget_is_the_longest_correct_trace_plus_the_end_token(k):
     # a mixture's budget is set by its longest chain
     mixed = grpo_rows(DataConfig(n=40, steps={1: 1.0, k: 1.0}, seed=3))
     assert completion_budget(mixed, build_tokenizer()) == 24 + 8 * k + 1
+
+
+def _stage_cfg(tmp_path, name, init=None, threads=1):
+    text = f"name: {name}\nstage: sft\nout: {tmp_path / name}\noptim: {{threads: {threads}}}\n"
+    if init:
+        text += f"init: {tmp_path / init}\n"
+    path = _write(tmp_path / f"{name}.yaml", text)
+    return path, load_config(path)
+
+
+def test_the_parallel_grid_waits_for_each_stage_it_starts_from_and_fills_its_thread_slots(tmp_path):
+    from probes.train.__main__ import run_grid_parallel
+
+    # two lines: a1 -> a2 -> {a3, a4} and b1 -> b2, b2 with 2 threads; each fake stage logs its start and end
+    stages = [_stage_cfg(tmp_path, "b1"), _stage_cfg(tmp_path, "b2", "b1", threads=2),
+              _stage_cfg(tmp_path, "a1"), _stage_cfg(tmp_path, "a2", "a1"),
+              _stage_cfg(tmp_path, "a3", "a2"), _stage_cfg(tmp_path, "a4", "a2")]
+    events = tmp_path / "events"
+
+    def fake(path, cfg, force):
+        code = (f"import time; f = open({str(events)!r}, 'a'); f.write('start {cfg.name} %f\\n' % time.time()); f.flush(); "
+                f"time.sleep(0.3); f.write('end {cfg.name} %f\\n' % time.time()); raise SystemExit(0)")
+        return [sys.executable, "-c", code]
+
+    assert run_grid_parallel(stages, 2, tmp_path / "logs", poll_s=0.05, command=fake) == 0
+    ev = [line.split() for line in events.read_text().splitlines()]
+    t = {(kind, name): float(x) for kind, name, x in ev}
+    for child, parent in (("a2", "a1"), ("a3", "a2"), ("a4", "a2"), ("b2", "b1")):
+        assert t[("start", child)] >= t[("end", parent)]
+    # never more than 2 threads at once (b2 counts 2)
+    cost = {"b2": 2}
+    for kind, name, x in ev:
+        if kind == "start":
+            busy = sum(cost.get(n, 1) for n in {n for _, n, _ in ev}
+                       if t[("start", n)] <= float(x) < t[("end", n)])
+            assert busy <= 2, (name, busy)
+    # the longer line starts first: a1 heads a chain of 3 stages, b1 of 2
+    assert ev[0][:2] == ["start", "a1"]
+    assert (tmp_path / "logs" / "a3.log").exists()
+
+
+def test_a_failed_grid_stage_stops_its_dependents_only(tmp_path, capsys):
+    from probes.train.__main__ import run_grid_parallel
+
+    stages = [_stage_cfg(tmp_path, "a1"), _stage_cfg(tmp_path, "a2", "a1"), _stage_cfg(tmp_path, "b1")]
+    ran = tmp_path / "ran"
+
+    def fake(path, cfg, force):
+        code = f"open({str(ran)!r}, 'a').write('{cfg.name}\\n'); raise SystemExit({int(cfg.name == 'a1')})"
+        return [sys.executable, "-c", code]
+
+    assert run_grid_parallel(stages, 2, tmp_path / "logs", poll_s=0.05, command=fake) == 1
+    assert sorted(ran.read_text().split()) == ["a1", "b1"]
+    out = capsys.readouterr().out
+    assert "a1 FAILED (exit 1" in out and "a2 not started: a1 failed" in out and "['a1', 'a2']" in out
+    with pytest.raises(ValueError, match="more threads than --jobs 1"):
+        run_grid_parallel([_stage_cfg(tmp_path, "c", threads=2)], 1, tmp_path / "logs", command=fake)
