@@ -220,3 +220,20 @@ def test_a_failed_grid_stage_stops_its_dependents_only(tmp_path, capsys):
     assert "a1 FAILED (exit 1" in out and "a2 not started: a1 failed" in out and "['a1', 'a2']" in out
     with pytest.raises(ValueError, match="more threads than --jobs 1"):
         run_grid_parallel([_stage_cfg(tmp_path, "c", threads=2)], 1, tmp_path / "logs", command=fake)
+
+
+def test_grid_command_errors_name_the_bad_stage(tmp_path, capsys):
+    from probes.train.__main__ import main
+
+    grid = _write(tmp_path / "g.yaml", "stages:\n  - nope.yaml\n")
+    with pytest.raises(SystemExit) as e:
+        main(["grid", "--config", str(grid)])
+    assert e.value.code == 2 and "lists nope.yaml, which is not a file" in capsys.readouterr().err
+    _write(tmp_path / "a.yaml", f"name: a\nstage: sft\nout: {tmp_path / 'a'}\ninit: {tmp_path / 'a'}\n")
+    grid = _write(tmp_path / "g.yaml", "stages:\n  - a.yaml\n")
+    with pytest.raises(SystemExit) as e:
+        main(["grid", "--config", str(grid), "--jobs", "2"])
+    assert e.value.code == 2 and "starts from its own output: a" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["grid", "--config", str(grid), "--jobs", "0"])
+    assert e.value.code == 2 and "--jobs must be at least 1" in capsys.readouterr().err
