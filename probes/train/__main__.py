@@ -22,8 +22,6 @@ from pydantic import ValidationError
 
 from probes.train.config import GridConfig, TrainConfig, load_config
 
-log = logging.getLogger("probes.train")
-
 
 def _run_stage(cfg: TrainConfig, force: bool) -> None:
     if cfg.stage == "sft":
@@ -54,7 +52,8 @@ def run_grid_parallel(stages: list[tuple[Path, TrainConfig]], jobs: int, log_dir
     probes.train STAGE --config PATH``). Returns 0 when every stage finished, else 1.
 
     Raises:
-        ValueError: a stage needs more threads than ``jobs``, or two stages share a name.
+        ValueError: a stage needs more threads than ``jobs``, two stages share a name, or stages
+            wait on each other (a stage that starts from its own output, or a cycle).
     """
     import os
     import subprocess
