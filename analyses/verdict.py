@@ -15,6 +15,7 @@ from pathlib import Path
 
 from analyses.rundir import figure_path, load, run_dir_from_argv
 from probes.grid import best_probe
+from probes.patching.verdict import score_judgement
 
 
 def _ci(value, ci, fmt="+.3f") -> str:
@@ -27,12 +28,9 @@ def verdict_table(results: dict) -> str:
     """The verdict table (markdown) from a run's ``results.json``."""
     v = results["verdict"]
     pooled = results["decomposition"]["pooled"]
-    pv = (results.get("patching") or {}).get("verdict") or {}
     rows = [("verdict", f"**{v['label']}**", v.get("rule") or "")]
     for k in ("selection", "improvement"):
-        node = pv.get(k) or {}
-        why = "; ".join(node.get("why_not") or []) or v.get(f"{k}_score_undefined_reason") or ""
-        passes = node.get("passes")
+        passes, why = score_judgement(results, k)
         rows.append((f"{k} score (patching, fraction of gap)", _ci(v[f"{k}_score"], v[f"{k}_score_ci"]),
                      ("passes" if passes else "does not pass") + (f": {why}" if why else "")))
     for k in ("delta", "selection", "improvement", "interaction"):

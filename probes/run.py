@@ -473,15 +473,15 @@ def _fmt_score(val, ci) -> str:
 
 def verdict_lines(run: RunFolder) -> list[str]:
     """The verdict in a few lines (from ``results.json``), with each stage's time."""
+    from probes.patching.verdict import score_judgement
+
     res = read_json(run.root / "results.json")
     v = res["verdict"]
     lines = [f"verdict: {v['label']}"]
-    pv = (res.get("patching") or {}).get("verdict") or {}
     for k in ("selection", "improvement"):
-        node = pv.get(k) or {}
-        why = "; ".join(node.get("why_not") or []) or v.get(f"{k}_score_undefined_reason")
+        passes, why = score_judgement(res, k)
         # a score near 1 can still fail the rule (its gap too small): say which condition failed beside it
-        status = {True: "passes", False: "does not pass"}.get(node.get("passes"), "")
+        status = {True: "passes", False: "does not pass"}.get(passes, "")
         tail = (f" ({status}: {why})" if status and why else f" ({status or why})" if status or why else "")
         lines.append(f"  {k} score: {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}{tail}")
     b = v["behaviour"]

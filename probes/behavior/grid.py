@@ -45,6 +45,7 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
 
     cfg = card.get("config", {})
     grpo = card.get("stage") == "grpo"
+    rl_data = name.rsplit("-", 1)[-1] if grpo else None  # "same" / "hard" for the grid's RL runs
     lines = [f"# {name}", "", f"- stage: {card.get('algorithm') or 'SFT (TRL SFTTrainer)'}"]
     if card.get("init"):
         lines.append(f"- starts from: `{card['init']}`")
@@ -61,8 +62,7 @@ def card_markdown(name: str, card: dict, beh: dict) -> str:
         f"- data: {json.dumps({k: v for k, v in (cfg.get('data') or {}).items() if not (grpo and k == 'strategies')})}",
         f"- optimiser: {json.dumps(cfg.get('optim'))}",
         *([f"- GRPO: {json.dumps(cfg.get('grpo'))}"] if grpo else []),
-        *([f"- RL data: {RL_DATA[name.rsplit('-', 1)[1]]} (\"{name.rsplit('-', 1)[1]}\" in the grid)"]
-          if grpo and name.rsplit("-", 1)[-1] in RL_DATA else []),
+        *([f"- RL data: {RL_DATA[rl_data]} (\"{rl_data}\" in the grid)"] if rl_data in RL_DATA else []),
         f"- data hash (sha256 of the training rows): `{card.get('data_hash')}`",
         f"- training time: {card.get('train_runtime')} s (train_runtime of the last session), {card.get('global_step')} steps"
         + (f"; {card['training_time_note']}" if card.get("training_time_note") else ""),

@@ -113,6 +113,15 @@ def decide(selection: Recovery, improvement: Recovery, rule: VerdictRule = Verdi
     }
 
 
+def score_judgement(results: dict, kind: str) -> tuple[bool | None, str]:
+    """Whether the ``kind`` (``"selection"`` or ``"improvement"``) score of a run's ``results.json``
+    passes the rule (None when the run has no patching verdict), and why not: the failed
+    conditions joined by ``"; "``, else the reason the score is undefined, else ``""``."""
+    node = ((results.get("patching") or {}).get("verdict") or {}).get(kind) or {}
+    why = "; ".join(node.get("why_not") or []) or results["verdict"].get(f"{kind}_score_undefined_reason") or ""
+    return node.get("passes"), why
+
+
 RULE_TEXT = (
     "selection if the selection score (routing recovery, post-RL into pre-RL, prompt positions) is defined, "
     "its CI lower bound > {recovery_threshold} and the CI lower bound of the routing gap mean|LD_post - LD_pre| "

@@ -105,11 +105,8 @@ def run_grid_parallel(stages: list[tuple[Path, TrainConfig]], jobs: int, log_dir
                 env = {**os.environ, "OMP_NUM_THREADS": str(cost[c.name])}
                 running[c.name] = (subprocess.Popen(command(path, c, force), stdout=fh, stderr=subprocess.STDOUT, env=env), time.time(), fh)
                 print(f"started {c.name} ({cost[c.name]} thread(s); log {log_dir / c.name}.log)", flush=True)
-        if running:
+        if running:  # cycles were refused when ordering, so with nothing running something can start
             time.sleep(poll_s)
-        elif pending:  # nothing runs and nothing can start: a stage waits on itself or on a cycle
-            raise ValueError("grid stages wait on each other: " + ", ".join(f"{c.name} needs {needs[c.name]}"
-                                                                        for _, c in pending))
     if failed:
         print(f"grid: {len(failed)} stage(s) did not finish: {sorted(failed)}", flush=True)
     return 1 if failed else 0
