@@ -41,6 +41,20 @@ def _stage_needs(stages: list[tuple[Path, TrainConfig]]) -> dict[str, str | None
     return {c.name: by_out.get(Path(c.init).resolve()) if c.init else None for _, c in stages}
 
 
+def stages_listed_before_their_init(stages: list[tuple[Path, TrainConfig]]) -> list[tuple[str, str]]:
+    """(stage, the stage it starts from) for each stage listed above the stage that makes its
+    ``init``: run one after another in the listed order, such a stage would find no model."""
+    needs = _stage_needs(stages)
+    seen: set[str] = set()
+    early = []
+    for _, c in stages:
+        dep = needs[c.name]
+        if dep is not None and dep != c.name and dep not in seen:
+            early.append((c.name, dep))
+        seen.add(c.name)
+    return early
+
+
 def _stage_command(path: Path, cfg: TrainConfig, force: bool) -> list[str]:
     return [sys.executable, "-m", "probes.train", cfg.stage, "--config", str(path)] + (["--force"] if force else [])
 
@@ -150,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 return run_grid_parallel(stages, args.jobs, Path(args.log_dir), args.force)
             except ValueError as e:
                 ap.error(str(e))
+        early = stages_listed_before_their_init(stages)
+        if early:
+            ap.error(f"{args.config} lists " + "; ".join(f"{a} before {b}, the stage it starts from" for a, b in early)
+                     + ": move them below it (or use --jobs 2, which orders stages by what they start from)")
         for _, stage_cfg in stages:
             _run_stage(stage_cfg, args.force)
         return 0

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,12 @@ def test_shipped_configs_all_validate():
             "configs/qwen2.5-1.5b-instruct/sft-fb.yaml"} <= set(train)
     for f in train:
         load_config(f)
+    from probes.train.__main__ import stages_listed_before_their_init
+
+    for grid in [f for f in train if f.endswith("/grid.yaml")]:  # one after another, each stage finds its init
+        cfg = load_config(grid)
+        stages = [(Path(grid).parent / s, load_config(Path(grid).parent / s)) for s in cfg.stages]
+        assert stages_listed_before_their_init(stages) == [], grid
     runs = sorted(glob.glob("configs/*.yaml"))  # run configs of python -m probes.run
     for f in runs:
         RunConfig.from_yaml(f)
@@ -239,3 +246,10 @@ def test_grid_command_errors_name_the_bad_stage(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["grid", "--config", str(grid), "--jobs", "0"])
     assert e.value.code == 2 and "--jobs must be at least 1" in capsys.readouterr().err
+    # one after another in the listed order, a stage listed above the stage it starts from would find no model
+    _write(tmp_path / "b1.yaml", f"name: b1\nstage: sft\nout: {tmp_path / 'b1'}\n")
+    _write(tmp_path / "b2.yaml", f"name: b2\nstage: sft\nout: {tmp_path / 'b2'}\ninit: {tmp_path / 'b1'}\n")
+    grid = _write(tmp_path / "g.yaml", "stages:\n  - b2.yaml\n  - b1.yaml\n")
+    with pytest.raises(SystemExit) as e:
+        main(["grid", "--config", str(grid)])
+    assert e.value.code == 2 and "lists b2 before b1, the stage it starts from" in capsys.readouterr().err
