@@ -9,6 +9,11 @@ its ``optim.threads`` (1 when unset); among the stages ready to start, the one h
 chain of stages goes first. Each stage's output goes to ``LOG_DIR/NAME.log``; a failed
 stage's dependents are not started, the others run on, and the exit status is 1. ``--jobs 1``
 (the default) runs the stages one after another in this process, in the listed order.
+
+``grid`` skips an unfinished stage that nothing needs: every stage made from it, directly or further
+down, is finished. A clone with the shipped checkpoints lacks the intermediate SFT phases
+(gitignored) but has all that was made from them, so ``grid`` there trains nothing. ``--force``
+retrains every stage.
 """
 
 from __future__ import annotations
@@ -53,6 +58,27 @@ def stages_listed_before_their_init(stages: list[tuple[Path, TrainConfig]]) -> l
             early.append((c.name, dep))
         seen.add(c.name)
     return early
+
+
+def stages_not_needed(stages: list[tuple[Path, TrainConfig]]) -> list[str]:
+    """Names of the unfinished stages that nothing needs: every stage that starts from one, directly
+    or further down, is finished (like make's intermediate files). A clone with the shipped
+    checkpoints lacks the intermediate SFT phases (gitignored) but has everything made from them;
+    rebuilding those phases there would cost hours and change nothing."""
+    from probes.train.checkpoint import is_finished
+
+    needs = _stage_needs(stages)
+    finished = {c.name: is_finished(Path(c.out)) for _, c in stages}
+    children = {c.name: [m for m, d in needs.items() if d == c.name and m != c.name] for _, c in stages}
+    memo: dict[str, bool] = {}
+
+    def must_run(name: str) -> bool:  # unfinished, and a final stage or the start of one that must run
+        if name not in memo:
+            memo[name] = False  # placeholder while recursing: a cycle makes nothing needed (cycles are refused later)
+            memo[name] = not finished[name] and (not children[name] or any(must_run(k) for k in children[name]))
+        return memo[name]
+
+    return [c.name for _, c in stages if not finished[c.name] and not must_run(c.name)]
 
 
 def _stage_command(path: Path, cfg: TrainConfig, force: bool) -> list[str]:
@@ -159,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"{args.config} lists {stage_file}, which is not a file (looked in . and {base})")
             except ValidationError as e:
                 ap.error(f"invalid stage config {path}:\n{e}")
+        if not args.force:
+            idle = stages_not_needed(stages)
+            for name in idle:
+                print(f"skipping {name}: not trained here, and every stage that starts from it is finished", flush=True)
+            stages = [(p, c) for p, c in stages if c.name not in idle]
         if args.jobs > 1:
             try:
                 return run_grid_parallel(stages, args.jobs, Path(args.log_dir), args.force)

@@ -253,3 +253,29 @@ def test_grid_command_errors_name_the_bad_stage(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["grid", "--config", str(grid)])
     assert e.value.code == 2 and "lists b2 before b1, the stage it starts from" in capsys.readouterr().err
+
+
+def test_a_missing_intermediate_stage_is_trained_only_when_a_later_stage_needs_it(tmp_path, capsys):
+    from probes.train.__main__ import main, stages_not_needed
+
+    def finish(name):  # what is_finished looks for
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text("{}")
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+
+    # a1 -> a2 -> a3, all made from a1 finished (a shipped clone without its gitignored first phase);
+    # b1 -> b2 with b2 missing; c1 -> {c2 finished, c3 missing}; d1 missing and nothing after it
+    stages = [_stage_cfg(tmp_path, "a1"), _stage_cfg(tmp_path, "a2", "a1"), _stage_cfg(tmp_path, "a3", "a2"),
+              _stage_cfg(tmp_path, "b1"), _stage_cfg(tmp_path, "b2", "b1"),
+              _stage_cfg(tmp_path, "c1"), _stage_cfg(tmp_path, "c2", "c1"), _stage_cfg(tmp_path, "c3", "c1"),
+              _stage_cfg(tmp_path, "d1")]
+    for name in ("a2", "a3", "c2"):
+        finish(name)
+    assert stages_not_needed(stages) == ["a1"]
+    finish("b2")
+    assert stages_not_needed(stages) == ["a1", "b1"]
+    # through the CLI: the missing a1 is skipped, the finished a2 and a3 skip themselves, nothing trains
+    grid = _write(tmp_path / "g.yaml", "stages:\n  - a1.yaml\n  - a2.yaml\n  - a3.yaml\n")
+    assert main(["grid", "--config", str(grid)]) == 0
+    assert "skipping a1: not trained here, and every stage that starts from it is finished" in capsys.readouterr().out
+    assert not (tmp_path / "a1").exists()
