@@ -186,10 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             except ValidationError as e:
                 ap.error(f"invalid stage config {path}:\n{e}")
         if not args.force:
+            from probes.train.checkpoint import is_finished
+
             idle = stages_not_needed(stages)
-            for name in idle:
-                print(f"skipping {name}: not trained here, and every stage that starts from it is finished", flush=True)
-            stages = [(p, c) for p, c in stages if c.name not in idle]
+            for _, c in stages:
+                if c.name in idle:
+                    print(f"skipping {c.name}: not trained here, and every stage that starts from it is finished", flush=True)
+                elif is_finished(Path(c.out)):
+                    print(f"skipping {c.name}: finished ({c.out}/card.json present; --force retrains)", flush=True)
+            stages = [(p, c) for p, c in stages if c.name not in idle and not is_finished(Path(c.out))]
         if args.jobs > 1:
             try:
                 return run_grid_parallel(stages, args.jobs, Path(args.log_dir), args.force)

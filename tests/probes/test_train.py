@@ -277,5 +277,7 @@ def test_a_missing_intermediate_stage_is_trained_only_when_a_later_stage_needs_i
     # through the CLI: the missing a1 is skipped, the finished a2 and a3 skip themselves, nothing trains
     grid = _write(tmp_path / "g.yaml", "stages:\n  - a1.yaml\n  - a2.yaml\n  - a3.yaml\n")
     assert main(["grid", "--config", str(grid)]) == 0
-    assert "skipping a1: not trained here, and every stage that starts from it is finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipping a1: not trained here, and every stage that starts from it is finished" in out
+    assert f"skipping a2: finished ({tmp_path / 'a2'}/card.json present" in out
     assert not (tmp_path / "a1").exists()
