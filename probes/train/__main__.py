@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             idle = stages_not_needed(stages)
             for _, c in stages:
                 if c.name in idle:
-                    print(f"skipping {c.name}: not trained here, and every stage that starts from it is finished", flush=True)
+                    print(f"skipping {c.name}: its output is missing, but every stage made from it is finished", flush=True)
                 elif is_finished(Path(c.out)):
                     print(f"skipping {c.name}: finished ({c.out}/card.json present; --force retrains)", flush=True)
             stages = [(p, c) for p, c in stages if c.name not in idle and not is_finished(Path(c.out))]

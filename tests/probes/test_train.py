@@ -278,6 +278,6 @@ def test_a_missing_intermediate_stage_is_trained_only_when_a_later_stage_needs_i
     grid = _write(tmp_path / "g.yaml", "stages:\n  - a1.yaml\n  - a2.yaml\n  - a3.yaml\n")
     assert main(["grid", "--config", str(grid)]) == 0
     out = capsys.readouterr().out
-    assert "skipping a1: not trained here, and every stage that starts from it is finished" in out
+    assert "skipping a1: its output is missing, but every stage made from it is finished" in out
     assert f"skipping a2: finished ({tmp_path / 'a2'}/card.json present" in out
     assert not (tmp_path / "a1").exists()
