@@ -46,6 +46,15 @@ def _stage_needs(stages: list[tuple[Path, TrainConfig]]) -> dict[str, str | None
     return {c.name: by_out.get(Path(c.init).resolve()) if c.init else None for _, c in stages}
 
 
+def _stage_children(needs: dict[str, str | None]) -> dict[str, list[str]]:
+    """For each stage name, the stages that start from its output (itself excluded)."""
+    children: dict[str, list[str]] = {name: [] for name in needs}
+    for name, dep in needs.items():
+        if dep is not None and dep != name:
+            children[dep].append(name)
+    return children
+
+
 def stages_listed_before_their_init(stages: list[tuple[Path, TrainConfig]]) -> list[tuple[str, str]]:
     """(stage, the stage it starts from) for each stage listed above the stage that makes its
     ``init``: run one after another in the listed order, such a stage would find no model."""
@@ -60,25 +69,30 @@ def stages_listed_before_their_init(stages: list[tuple[Path, TrainConfig]]) -> l
     return early
 
 
-def stages_not_needed(stages: list[tuple[Path, TrainConfig]]) -> list[str]:
+def stages_not_needed(stages: list[tuple[Path, TrainConfig]], finished: set[str] | None = None) -> list[str]:
     """Names of the unfinished stages that nothing needs: every stage that starts from one, directly
     or further down, is finished (like make's intermediate files). A clone with the shipped
     checkpoints lacks the intermediate SFT phases (gitignored) but has everything made from them;
-    rebuilding those phases there would cost hours and change nothing."""
-    from probes.train.checkpoint import is_finished
-
-    needs = _stage_needs(stages)
-    finished = {c.name: is_finished(Path(c.out)) for _, c in stages}
-    children = {c.name: [m for m, d in needs.items() if d == c.name and m != c.name] for _, c in stages}
+    rebuilding those phases there would cost hours and change nothing. ``finished``: the names of
+    the finished stages (default: those whose ``out`` holds a final model, ``is_finished``)."""
+    if finished is None:
+        finished = _finished_stages(stages)
+    children = _stage_children(_stage_needs(stages))
     memo: dict[str, bool] = {}
 
     def must_run(name: str) -> bool:  # unfinished, and a final stage or the start of one that must run
         if name not in memo:
             memo[name] = False  # placeholder while recursing: a cycle makes nothing needed (cycles are refused later)
-            memo[name] = not finished[name] and (not children[name] or any(must_run(k) for k in children[name]))
+            memo[name] = name not in finished and (not children[name] or any(must_run(k) for k in children[name]))
         return memo[name]
 
-    return [c.name for _, c in stages if not finished[c.name] and not must_run(c.name)]
+    return [c.name for _, c in stages if c.name not in finished and not must_run(c.name)]
+
+
+def _finished_stages(stages: list[tuple[Path, TrainConfig]]) -> set[str]:
+    from probes.train.checkpoint import is_finished
+
+    return {c.name for _, c in stages if is_finished(Path(c.out))}
 
 
 def _stage_command(path: Path, cfg: TrainConfig, force: bool) -> list[str]:
@@ -107,6 +121,7 @@ def run_grid_parallel(stages: list[tuple[Path, TrainConfig]], jobs: int, log_dir
     if too_big:
         raise ValueError(f"stages {too_big} need more threads than --jobs {jobs}: raise --jobs or lower optim.threads")
     needs = _stage_needs(stages)
+    children = _stage_children(needs)
     if any(needs[nm] == nm for nm in names):
         raise ValueError("a grid stage starts from its own output: " + ", ".join(nm for nm in names if needs[nm] == nm))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +129,7 @@ def run_grid_parallel(stages: list[tuple[Path, TrainConfig]], jobs: int, log_dir
     def chain(name: str, seen=()) -> int:  # stages in the longest chain that starts with this one
         if name in seen:
             raise ValueError(f"grid stages wait on each other in a cycle through {name}")
-        return 1 + max((chain(m, seen + (name,)) for m in names if needs[m] == name), default=0)
+        return 1 + max((chain(m, seen + (name,)) for m in children[name]), default=0)
 
     # longest remaining chain first (ties in the listed order): the SFT lines with the most phases
     # start at once, and the RL stages fill the slots at the end
@@ -186,15 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             except ValidationError as e:
                 ap.error(f"invalid stage config {path}:\n{e}")
         if not args.force:
-            from probes.train.checkpoint import is_finished
-
-            idle = stages_not_needed(stages)
+            finished = _finished_stages(stages)
+            idle = set(stages_not_needed(stages, finished))
             for _, c in stages:
                 if c.name in idle:
                     print(f"skipping {c.name}: its output is missing, but every stage made from it is finished", flush=True)
-                elif is_finished(Path(c.out)):
+                elif c.name in finished:
                     print(f"skipping {c.name}: finished ({c.out}/card.json present; --force retrains)", flush=True)
-            stages = [(p, c) for p, c in stages if c.name not in idle and not is_finished(Path(c.out))]
+            stages = [(p, c) for p, c in stages if c.name not in idle | finished]
         if args.jobs > 1:
             try:
                 return run_grid_parallel(stages, args.jobs, Path(args.log_dir), args.force)
