@@ -274,7 +274,7 @@ def test_a_missing_intermediate_stage_is_trained_only_when_a_later_stage_needs_i
     assert stages_not_needed(stages) == ["a1"]
     finish("b2")
     assert stages_not_needed(stages) == ["a1", "b1"]
-    # through the CLI: the missing a1 is skipped, the finished a2 and a3 skip themselves, nothing trains
+    # through the CLI: the missing a1 and the finished a2 and a3 are all skipped up front; nothing trains
     grid = _write(tmp_path / "g.yaml", "stages:\n  - a1.yaml\n  - a2.yaml\n  - a3.yaml\n")
     assert main(["grid", "--config", str(grid)]) == 0
     out = capsys.readouterr().out
