@@ -1,11 +1,12 @@
 """``python -m analyses.verdict RUN_DIR``: the verdict and the evidence behind it, as one table.
 
-Writes ``figures/verdict.md`` (a markdown table) and prints it. Rows: the label and its rule;
-the mechanistic scores from cross-model patching (selection: routing recovery, post-RL into
-pre-RL at the prompt positions; improvement: execution recovery under forced strategies;
-fractions of the gap, 95% bootstrap CIs) with whether each passes the rule and why not; the
-behavioural decomposition of the accuracy change (Shapley split, accuracy units, 95% bootstrap
-CIs over problems); and the best strategy probe of each model (layer, held-out balanced accuracy).
+Writes ``figures/verdict.md`` (a markdown table) and prints it. Rows: the label and its rule; every
+regression (a behavioural term significantly below zero); for selection and improvement, the
+behavioural term (Shapley split, accuracy units) and its recovery by cross-model patching (the
+mechanistic term over the behavioural one, post-RL into pre-RL at the score site; prompt positions
+for selection, trace positions for improvement), with whether the term counts under the rule and
+why not; the secondary nats-based recoveries; the behavioural decomposition; and the best strategy
+probe of each model (layer, held-out balanced accuracy). 95% bootstrap CIs over problems.
 """
 
 from __future__ import annotations
@@ -28,11 +29,20 @@ def verdict_table(results: dict) -> str:
     """The verdict table (markdown) from a run's ``results.json``."""
     v = results["verdict"]
     pooled = results["decomposition"]["pooled"]
-    rows = [("verdict", f"**{v['label']}**", v.get("rule") or "")]
+    rows = [("verdict", f"**{v['label']}**", v.get("rule_text") or "")]
+    for r in v.get("regressions") or []:
+        rows.append(("regression", f"**{r['text']}**", "a behavioural term whose CI lies below -min_effect"))
     for k in ("selection", "improvement"):
         passes, why = score_judgement(results, k)
-        rows.append((f"{k} score (patching, fraction of gap)", _ci(v[f"{k}_score"], v[f"{k}_score_ci"]),
-                     ("passes" if passes else "does not pass") + (f": {why}" if why else "")))
+        status = {True: "counts", False: "does not count", None: "no verdict evidence"}[passes]
+        rows.append((f"{k} recovery (patching, fraction of the behavioural term)",
+                     _ci(v[f"{k}_score"], v[f"{k}_score_ci"]), status + (f": {why}" if why else "")))
+    for k in ("selection", "improvement"):
+        sec = (v.get("secondary") or {}).get(k)
+        if sec:
+            unit = "nats" if k == "selection" else "nats/token"
+            rows.append((f"secondary: {k} recovery in {unit}", _ci(sec.get("value"), sec.get("ci")),
+                         f"gap {sec.get('gap_signed', 0):+.3f} {unit}; evidence, not the rule"))
     for k in ("delta", "selection", "improvement", "interaction"):
         rows.append((f"behaviour: {k} (accuracy)", _ci(pooled[k], pooled.get(f"{k}_ci")),
                      "Shapley split" if k != "interaction" else "one-sided, at the pre-RL values"))

@@ -42,7 +42,10 @@ from probes.runfolder import RunFolder, read_json, stable_hash, write_json
 from probes.runconfig import DEVICE_MAPS
 from probes.stages import STAGES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PATCHING_ENGINE = 2
+"""Bumped when the patching stage's numbers change for the same inputs (2: the mechanistic
+decomposition on the run's problems), so that older patching stages rerun."""
 DEFAULT_GRID_ROOT = "checkpoints/organism"
 
 
@@ -269,11 +272,12 @@ def stage_hashes(cfg) -> dict[str, str]:
     w = {"pre": _weights_id(cfg.pre_rl), "post": _weights_id(cfg.post_rl)}
     own = {
         "behaviour": {"w": w, "n": cfg.n_problems, "steps": cfg.steps, "samples": cfg.samples, "forced": cfg.forced,
-                      "seed": cfg.seed, "n_boot": cfg.n_boot},
+                      "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot},
         "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend, "dtype": cfg.dtype,
                   "chunk": cfg.cache_chunk},
         "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot},
-        "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype},
+        "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype,
+                     "engine": PATCHING_ENGINE},
         "verdict": {"schema": SCHEMA_VERSION},
     }
     if cfg.chat:  # only when on, so that the hashes of plain-prompt runs made before chat existed still hold
@@ -327,22 +331,7 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
     dec = beh["decomposition"]
     pooled = dec["pooled"]
     patch = outs.get("patching") or {}
-    pv = patch.get("verdict") or {}
-
-    def score(key):
-        s = (pv.get(key) or {}).get("score") or {}
-        return s.get("value"), s.get("ci"), s.get("reason")
-
-    s_val, s_ci, s_why = score("selection")
-    i_val, i_ci, i_why = score("improvement")
-    verdict = {
-        "label": pv.get("label", "neither"),
-        "selection_score": s_val, "selection_score_ci": s_ci, "selection_score_undefined_reason": s_why,
-        "improvement_score": i_val, "improvement_score_ci": i_ci, "improvement_score_undefined_reason": i_why,
-        "rule": pv.get("rule_text"),
-        "behaviour": {"delta": pooled["delta"], "selection": pooled["selection"], "improvement": pooled["improvement"],
-                      "selection_ci": pooled["selection_ci"], "improvement_ci": pooled["improvement_ci"]},
-    }
+    verdict = run_verdict(pooled, patch.get("verdict") or {})
     decomposition = {
         "pooled": {**{k: pooled[k] for k in ("n", "delta", "delta_ci", "selection", "selection_ci", "improvement",
                                              "improvement_ci")},
@@ -353,16 +342,44 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
         "strata": dec["strata"],
     }
     timings = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES if s != "verdict"}  # this stage is running
+    used = {s: ((run.stage_info(s) or {}).get("outputs") or {}).get("problems") for s in STAGES if s != "verdict"}
     return {
         "schema_version": SCHEMA_VERSION,
         "pre_rl": cfg.pre_rl, "post_rl": cfg.post_rl,
         "verdict": verdict,
         "decomposition": decomposition,
-        "behavior": {"pre_rl": beh["models"]["reference"], "post_rl": beh["models"]["model"], "settings": beh["settings"]},
+        "behavior": {"pre_rl": beh["models"]["reference"], "post_rl": beh["models"]["model"], "settings": beh["settings"],
+                     "forced_accuracy": beh.get("forced_accuracy")},
+        "problems": used,
         "probes": outs.get("probes"),
         "patching": patch,
         "stage_seconds": timings,
     }
+
+
+def run_verdict(pooled: dict, pv: dict) -> dict:
+    """The run's verdict: the behaviour stage's terms (all the run's problems, 95% CIs) and the
+    patching stage's recoveries at the score site, under the rule the patching stage recorded
+    (:func:`probes.patching.verdict.decide`)."""
+    from probes.patching.verdict import TERMS, VerdictRule, decide
+
+    rule = VerdictRule(**pv["rule"]) if pv.get("rule") else VerdictRule()
+    beh = {k: {"mean": pooled[k], "ci": pooled[k + "_ci"]} for k in ("delta", "selection", "improvement")}
+    rec = {t: (pv.get(t) or {}).get("recovery") for t in TERMS}
+    d = decide(beh, rec, rule)
+    out = {"label": d["label"], "statement": d["statement"], "regressions": d["regressions"]}
+    for t in TERMS:
+        r = rec[t] or {}
+        out[f"{t}_score"] = r.get("value")
+        out[f"{t}_score_ci"] = r.get("ci")
+        out[f"{t}_score_undefined_reason"] = r.get("reason") if rec[t] else "the patching stage did not run"
+        out[t] = d[t]
+    out.update({"score_site": pv.get("score_site"), "forms_at": pv.get("forms_at"), "secondary": pv.get("secondary"),
+                "rule": d["rule"], "rule_text": d["rule_text"],
+                "behaviour": {"delta": pooled["delta"], "selection": pooled["selection"],
+                              "improvement": pooled["improvement"], "delta_ci": pooled["delta_ci"],
+                              "selection_ci": pooled["selection_ci"], "improvement_ci": pooled["improvement_ci"]}})
+    return out
 
 
 def write_run_report(cfg, run: RunFolder, res: dict):
@@ -399,17 +416,22 @@ def write_run_report(cfg, run: RunFolder, res: dict):
 
     pooled = res["decomposition"]["pooled"]
     sections = [
-        Section("Verdict", f"**{v['label']}**\n\n"
-                f"- selection score (routing recovery, post-RL into pre-RL, prompt positions): "
+        Section("Verdict", f"**{v['statement']}**\n\n"
+                + "".join(f"- **{r['text']}**\n" for r in v.get("regressions") or [])
+                + f"- selection recovery (the mechanistic selection term over the behavioural one; post-RL residual "
+                f"stream into the pre-RL model at the prompt positions, {v.get('score_site')}): "
                 f"{fmt(v['selection_score'], v['selection_score_ci'])}"
                 + (f" ({v['selection_score_undefined_reason']})" if v["selection_score"] is None else "") + "\n"
-                f"- improvement score (execution recovery under forced strategies): "
-                f"{fmt(v['improvement_score'], v['improvement_score_ci'])}"
+                f"- improvement recovery (likewise at the trace positions of each strategy's canonical trace, exact "
+                f"forced accuracy): {fmt(v['improvement_score'], v['improvement_score_ci'])}"
                 + (f" ({v['improvement_score_undefined_reason']})" if v["improvement_score"] is None else "") + "\n"
                 f"- behaviour: delta {fmt(pooled['delta'], pooled['delta_ci'])} = selection "
                 f"{fmt(pooled['selection'], pooled['selection_ci'])} + improvement "
                 f"{fmt(pooled['improvement'], pooled['improvement_ci'])}\n"
+                f"- forced accuracy: {(res['behavior'].get('forced_accuracy') or {}).get('method', 'sampled')} "
+                f"({(res['behavior'].get('forced_accuracy') or {}).get('reason', '')})\n"
                 f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`\n\n"
+                f"The rule: {v.get('rule_text')}.\n\n"
                 "The evidence (analyses.verdict):\n\n" + verdict_table(res)),
         Section("Behaviour", "```\n" + format_table(json.loads((run.root / "behavior" / "behavior.json").read_text()))
                 + "\n```", [Figure("figures/behaviour_strategy.png", "P(forward) at the first response token, by type and k")]),
@@ -468,7 +490,9 @@ def run_pipeline(cfg, stages=STAGES, force: bool = False, prefix: str = "") -> R
 
 
 def _fmt_score(val, ci) -> str:
-    return "undefined" if val is None else f"{val:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if val is None:
+        return "undefined"
+    return f"{val:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
 
 
 def verdict_lines(run: RunFolder) -> list[str]:
@@ -478,12 +502,20 @@ def verdict_lines(run: RunFolder) -> list[str]:
     res = read_json(run.root / "results.json")
     v = res["verdict"]
     lines = [f"verdict: {v['label']}"]
+    lines += [f"  REGRESSION: {r['text']}" for r in v.get("regressions") or []]
     for k in ("selection", "improvement"):
         passes, why = score_judgement(res, k)
-        # a score near 1 can still fail the rule (its gap too small): say which condition failed beside it
-        status = {True: "passes", False: "does not pass"}.get(passes, "")
-        tail = (f" ({status}: {why})" if status and why else f" ({status or why})" if status or why else "")
-        lines.append(f"  {k} score: {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}{tail}")
+        node = v.get(k) or {}
+        b = node.get("behaviour") or {}
+        status = {True: "counts", False: "does not count"}.get(passes, "")
+        tail = f" ({status}: {why})" if status and why else f" ({status or why})" if status or why else ""
+        beh = f"behavioural {_fmt_score(b.get('mean'), b.get('ci'))}, " if b.get("ci") else ""
+        lines.append(f"  {k}: {beh}recovery {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}{tail}")
+    forms = v.get("forms_at") or {}
+    if any(forms.get(k) is not None for k in ("selection", "improvement")):
+        lines.append(f"  where it forms ({v.get('score_site', '').split('.')[-1]}, first layer with recovery CI above "
+                     f"{(v.get('rule') or {}).get('recovery_threshold')}): " + ", ".join(
+                         f"{k} layer {forms[k]}" for k in ("selection", "improvement") if forms.get(k) is not None))
     b = v["behaviour"]
     lines.append(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
     secs = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES}

@@ -26,9 +26,15 @@ class RunConfig(BaseModel):
     Attributes:
         pre_rl, post_rl: checkpoint directories (or Hub ids) before and after RL.
         out: the run folder (default ``runs/NAME``). name: the run's name.
-        n_problems, steps, samples, forced, seed: the behaviour stage's held-out problems
-            (stratified over field x type x steps), temperature-1 samples and forced-strategy
-            samples per problem; the cache and probe stages use the same problems.
+        n_problems, steps, samples, seed: the run's held-out problems (stratified over field x
+            type x steps) and temperature-1 samples per problem. Every stage reads these problems:
+            behaviour, cache and probes all of them, patching a stratified subset of
+            ``patching.n_problems`` (:data:`PATCHING_PROBLEMS` by default).
+        forced_accuracy, forced: how the forced-strategy accuracy ``a(s|x)`` is measured
+            (``auto``: exact, the probability of the one correct response, where the tokenizer
+            spells each response one way, else sampled; ``exact``; ``sampled``;
+            :mod:`probes.behavior.exact`) and the forced samples per problem and strategy (the
+            accuracy when sampled; a check beside the exact one otherwise; 0: none).
         probe_hook, probe_position: what the probes read (``hook_resid_post`` at ``prompt_end``).
         steer_n, steer_generate: the steering dose-response (probes stage).
         patching: overrides of :class:`probes.patching.config.PatchingConfig` fields.
@@ -61,7 +67,8 @@ class RunConfig(BaseModel):
     n_problems: int = Field(400, ge=8)
     steps: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
     samples: int = Field(2, ge=1)
-    forced: int = Field(1, ge=1)
+    forced: int = Field(0, ge=0)
+    forced_accuracy: Literal["auto", "exact", "sampled"] = "auto"
     seed: int = 0
     probe_hook: str = "hook_resid_post"
     probe_position: str = "prompt_end"
@@ -95,6 +102,15 @@ class RunConfig(BaseModel):
                 raise ValueError(f"unknown dimension(s) {unknown}: use {list(DIM_KEYS)}")
         return v
 
+    @field_validator("patching")
+    @classmethod
+    def _patching_reads_the_run(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own = sorted(set(v) & {"steps", "fields", "seed"})
+        if own:
+            raise ValueError(f"patching.{own[0]}: the patching stage reads the run's problems; set the top-level "
+                             "steps and seed instead (patching.n_problems picks a stratified subset of them)")
+        return v
+
     @field_validator("steps")
     @classmethod
     def _steps_positive(cls, v: list[int]) -> list[int]:
@@ -115,9 +131,14 @@ class RunConfig(BaseModel):
         return cls(**data)
 
 
+PATCHING_PROBLEMS = 128
+"""Problems of the run that the patching stage patches by default (a stratified subset): the
+mechanistic sweeps cost a forward pass per problem, strategy, cell and direction, and 128 keeps the
+full ``make run`` within 3 minutes on 2 CPU cores."""
+
 QUICK: dict[str, Any] = dict(
-    n_problems=16, steps=[1, 2], samples=1, forced=1, steer_n=8, steer_generate=False, n_boot=100, cache_chunk=4,
-    patching=dict(n_problems=4, steps=[2], counterfactual_n=4, counterfactual_steps=2, behaviour_n=2,
+    n_problems=16, steps=[1, 2], samples=1, forced=0, steer_n=8, steer_generate=False, n_boot=100, cache_chunk=4,
+    patching=dict(n_problems=8, counterfactual_n=4, counterfactual_steps=2, behaviour_n=2,
                   n_boot=100, max_new_tokens=24),
 )
 """``--quick``: a seconds-long smoke run (tiny problem sets, few bootstrap draws)."""
@@ -126,13 +147,13 @@ QUICK_AT_SCALE_PARAMS = 100_000_000
 """``--quick`` on checkpoints of at least this many parameters (estimated from ``config.json``)
 also applies :data:`QUICK_AT_SCALE`."""
 QUICK_AT_SCALE: dict[str, Any] = dict(
-    patching=dict(n_problems=2, steps=[1], hooks=["hook_resid_post"], routing_positions=["prompt"],
+    patching=dict(n_problems=2, hooks=["hook_resid_post"], routing_positions=["prompt"],
                   strategies=["forward"], counterfactual_n=0, behaviour_n=0, max_rows=16),
 )
 """``--quick`` at real scale (Qwen2.5-1.5B: 1.5B parameters, 28 layers, vocabulary 151,936), where
 a patching sweep costs one full forward per layer and cell: patching is trimmed to what the
 verdict reads (``hook_resid_post`` at every layer, routing at the prompt, execution of forced
-forward traces, 2 problems of one step, at most 16 rows per forward so that the logits of a
+forward traces, 2 of the run's problems, at most 16 rows per forward so that the logits of a
 batch stay under 1 GB) without the counterfactual, attribution and generation checks. On two
 CPU cores in float32 this is tens of minutes, not hours; the other stages keep :data:`QUICK`."""
 

@@ -19,6 +19,28 @@ log = logging.getLogger(__name__)
 STAGES = ("behaviour", "cache", "probes", "patching", "verdict")
 
 
+def run_problems(run: RunFolder) -> list:
+    """The run's held-out problems (``problems.jsonl``, written by the behaviour stage), in order.
+
+    Raises:
+        ValueError: a line that is not a problem (the file is corrupt: rerun the behaviour stage
+            with ``--force``).
+    """
+    from probes.task.jsonl import LineError, read_jsonl
+    from probes.task.problems import Problem
+
+    out = []
+    for line, rec in read_jsonl(run.path("problems.jsonl")):
+        try:
+            if isinstance(rec, LineError):
+                raise ValueError(str(rec))
+            out.append(Problem.from_dict(rec))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{run.path('problems.jsonl')} line {line} is not a problem ({e}); rerun the behaviour "
+                             "stage: python -m probes.run ... --stages behaviour --force") from None
+    return out
+
+
 def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
     """Both checkpoints' behaviour on the held-out problems and the decomposition
     (``behavior/behavior.json``, responses in ``behavior/behavior.{model,reference}.jsonl``)."""
@@ -29,12 +51,13 @@ def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
     problems = held_out_problems(cfg.n_problems, cfg.seed, tuple(cfg.steps))
     write_jsonl(run.path("problems.jsonl"), [p.to_dict() for p in problems])
     settings = BehaviorSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed,
-                                chat=cfg.chat)
+                                chat=cfg.chat, forced_method=cfg.forced_accuracy)
     res = run_behavior(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
                        responses_out=run.path("behavior", "behavior.json"))
     res["settings"].update({"n": cfg.n_problems, "steps": cfg.steps, "problem_seed": cfg.seed})
     write_json(run.path("behavior", "behavior.json"), res)
-    return {"behavior": "behavior/behavior.json", "delta": res["decomposition"]["pooled"]["delta"]}
+    return {"behavior": "behavior/behavior.json", "delta": res["decomposition"]["pooled"]["delta"],
+            "problems": [p.id for p in problems]}
 
 
 def cache(cfg: RunConfig, run: RunFolder) -> dict:
@@ -60,6 +83,7 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
                                   overwrite=True)  # a store from other inputs is stale: this stage's hash changed
         out[role] = {"dir": f"store/{role}", "rows": store.n_rows, "chunks": store.manifest["n_chunks"],
                      "resumed_chunks": len(finished)}
+    out["problems"] = [r.id for r in records]
     return out
 
 
@@ -76,20 +100,24 @@ def probes(cfg: RunConfig, run: RunFolder) -> dict:
         chat=cfg.chat,
     )
     return {"probes": "probes/probes.json", "targets": sorted(res.get("models", {}).get("pre", {}).keys())
-            if isinstance(res.get("models"), dict) else []}
+            if isinstance(res.get("models"), dict) else [],
+            "problems": [p.id for p in run_problems(run)]}
 
 
 def patching(cfg: RunConfig, run: RunFolder) -> dict:
-    """Cross-model, counterfactual and attribution patching (``patching/patching.json``)."""
+    """Cross-model (the mechanistic decomposition), counterfactual and attribution patching on a
+    stratified subset of the run's problems (``patching/patching.json``)."""
     from probes.patching.config import PatchingConfig
     from probes.patching.pipeline import run_patching
-
+    from probes.runconfig import PATCHING_PROBLEMS
+    problems = run_problems(run)
     pc = PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": str(run.path("patching", "x").parent),
                            "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype, "device": cfg.device,
-                           "chat": cfg.chat,
+                           "chat": cfg.chat, "n_problems": PATCHING_PROBLEMS,
                            **cfg.patching})
-    res = run_patching(pc)
-    return {"patching": "patching/patching.json", "verdict": res.get("verdict", {}).get("label")}
+    res = run_patching(pc, problems)
+    return {"patching": "patching/patching.json", "verdict": res.get("verdict", {}).get("label"),
+            "problems": res["problems"]["cmap"]}
 
 
 def load_stage_outputs(run: RunFolder) -> dict:

@@ -150,8 +150,13 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
     from probes.behavior.evaluate import stratum_key, summarize_behavior
     from probes.task.jsonl import write_jsonl
 
+    from activations.load import load_tokenizer
+    from probes.behavior.evaluate import resolve_forced
+
+    method, reason, n_forced = resolve_forced(settings, load_tokenizer(str(model_dir)))
     result: dict = {"schema_version": SCHEMA_VERSION, "model": str(model_dir), "reference": reference_dir and str(reference_dir),
-                    "settings": dict(settings.__dict__), "models": {}}
+                    "settings": dict(settings.__dict__), "models": {},
+                    "forced_accuracy": {"method": method, "reason": reason, "samples_per_strategy": n_forced}}
     rows = {}
     for role, d in (("model", model_dir), ("reference", reference_dir)):
         if d is None:
@@ -214,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="held-out problems (stratified over field x type x steps)")
     ap.add_argument("--steps", type=parse_steps, default=parse_steps("1-10"), help="chain lengths, e.g. 1-10")
     ap.add_argument("--samples", type=int, default=4, help="temperature-1 samples per problem")
-    ap.add_argument("--forced", type=int, default=2, help="forced-strategy samples per problem and strategy")
+    ap.add_argument("--forced", type=int, default=0, help="forced-strategy samples per problem and strategy (the "
+                    "forced accuracy when sampled; a check beside the exact one otherwise)")
+    ap.add_argument("--forced-method", choices=("auto", "exact", "sampled"), default="auto",
+                    help="forced accuracy: exact (the probability of the one correct response), sampled, or auto "
+                         "(exact where the tokenizer spells each response one way; probes.behavior.exact)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -222,11 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="directory caching each checkpoint's per-problem rows (by weights hash, "
                     "problems and settings), so a reference measured once is not measured again")
     args = ap.parse_args(argv)
-    if args.n < 1 or args.samples < 1 or args.forced < 1:
-        ap.error("--n, --samples and --forced must be >= 1")
+    if args.n < 1 or args.samples < 1 or args.forced < 0:
+        ap.error("--n and --samples must be >= 1 and --forced >= 0")
+    if args.forced_method == "sampled" and args.forced < 1:
+        ap.error("--forced-method sampled needs --forced >= 1 samples per strategy")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     problems = held_out_problems(args.n, args.seed, args.steps)
-    settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed)
+    settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed,
+                                forced_method=args.forced_method)
     result = run_behavior(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out,
                           cache_dir=args.cache)
     result["settings"].update({"n": args.n, "steps": list(args.steps), "problem_seed": args.seed})

@@ -5,10 +5,14 @@ For every problem ``x`` it measures
 - ``pi(s|x)``: the temperature-1 probability of the first response token of strategy ``s``
   (exact, from the logits; mass on other tokens counts as no strategy);
 - greedy and temperature-1 sampled responses, verified and labelled;
-- ``a(s|x)``: forced-strategy accuracy, the share of correct temperature-1 responses when the
-  response is prefixed with ``s``'s first token, so ``a`` exists even for strategies the
-  model rarely picks. ``sum_s pi(s|x) a(s|x)`` is then the model's temperature-1 accuracy in
-  expectation (``implied_accuracy``), which the sampled accuracy estimates independently.
+- ``a(s|x)``: forced-strategy accuracy, the probability that a temperature-1 response is correct
+  when it is prefixed with ``s``'s first token, so ``a`` exists even for strategies the model
+  rarely picks. By default it is *exact*: the probability of the one correct response, from one
+  teacher-forced forward pass (:mod:`probes.behavior.exact`); with ``forced_method="sampled"`` (or
+  ``"auto"`` on a tokenizer that can spell a response in several ways) it is the share of correct
+  forced samples. ``sum_s pi(s|x) a(s|x)`` is then the model's temperature-1 accuracy in
+  expectation (``implied_accuracy``), which the sampled accuracy estimates independently: the
+  summary reports their difference with a CI (``accuracy.implied_minus_sampled``) as a check.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from probes.task.verify import UNPARSEABLE, verify
 @dataclass
 class BehaviorSettings:
     """How a checkpoint is measured; ``chat`` renders prompts in its chat template
-    (:func:`activations.batch.render_prompt`)."""
+    (:func:`activations.batch.render_prompt`).
+
+    Attributes:
+        n_samples: temperature-1 samples per problem.
+        n_forced: forced samples per problem and strategy (the forced accuracy when sampled; a
+            check beside the exact one otherwise; 0: none).
+        forced_method: ``"auto"``, ``"exact"`` or ``"sampled"`` (:func:`probes.behavior.exact.forced_method`).
+    """
 
     n_samples: int = 4
     n_forced: int = 2
@@ -36,6 +47,7 @@ class BehaviorSettings:
     seed: int = 0
     temperature: float = 1.0
     chat: bool = False
+    forced_method: str = "auto"
 
 
 @dataclass
@@ -52,10 +64,20 @@ class ProblemBehavior:
     sample_correct: list[bool] = field(default_factory=list)
     sample_strategy: list[str] = field(default_factory=list)
     forced_correct: dict[str, list[bool]] = field(default_factory=dict)
+    a_exact: np.ndarray | None = None  # [S] exact forced accuracy, or None when sampled
 
     @property
     def a(self) -> np.ndarray:
-        return np.array([np.mean(self.forced_correct[s]) for s in STRATEGIES])
+        """``[S]`` the forced accuracy the decomposition uses: exact when measured, else sampled."""
+        if self.a_exact is not None:
+            return self.a_exact
+        return self.a_sampled
+
+    @property
+    def a_sampled(self) -> np.ndarray:
+        """``[S]`` the share of correct forced samples (NaN for a strategy without samples)."""
+        return np.array([np.mean(self.forced_correct[s]) if self.forced_correct.get(s) else np.nan
+                         for s in STRATEGIES])
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +87,7 @@ class ProblemBehavior:
             "greedy": self.greedy, "greedy_correct": self.greedy_correct, "greedy_strategy": self.greedy_strategy,
             "samples": self.samples, "sample_correct": self.sample_correct, "sample_strategy": self.sample_strategy,
             "forced_correct": self.forced_correct,
+            "a_exact": None if self.a_exact is None else self.a_exact.tolist(),
         }
 
     @classmethod
@@ -85,7 +108,8 @@ class ProblemBehavior:
                    greedy_correct=bool(d["greedy_correct"]), greedy_strategy=d["greedy_strategy"],
                    samples=list(d["samples"]), sample_correct=[bool(c) for c in d["sample_correct"]],
                    sample_strategy=list(d["sample_strategy"]),
-                   forced_correct={s: [bool(c) for c in d["forced_correct"][s]] for s in STRATEGIES})
+                   forced_correct={s: [bool(c) for c in d["forced_correct"][s]] for s in STRATEGIES},
+                   a_exact=None if d.get("a_exact") is None else np.asarray(d["a_exact"], dtype=float))
 
 
 def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, per_word=None):
@@ -104,18 +128,40 @@ def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, 
     return out
 
 
+def resolve_forced(settings: BehaviorSettings, tok) -> tuple[str, str, int]:
+    """``(method, reason, n_forced)``: the forced-accuracy method for ``tok`` and the forced
+    samples to draw (at least :data:`probes.behavior.exact.AUTO_FALLBACK_SAMPLES` when sampled)."""
+    from probes.behavior.exact import AUTO_FALLBACK_SAMPLES, forced_method
+
+    method, reason = forced_method(settings.forced_method, tok)
+    n = settings.n_forced
+    if method == "sampled" and n < 1:
+        n = AUTO_FALLBACK_SAMPLES
+    return method, reason, n
+
+
 def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettings | None = None,
                    progress: bool = True) -> list[ProblemBehavior]:
-    """Measure a checkpoint's behaviour on ``problems`` (see the module docstring)."""
+    """Measure a checkpoint's behaviour on ``problems`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown ``settings.forced_method``.
+        MetricError: exact forced accuracy with a tokenizer that has no end token.
+    """
     from tqdm.auto import tqdm
+
+    from probes.behavior.exact import exact_forced_accuracy
 
     settings = settings or BehaviorSettings()
     model.eval()
+    method, _, n_forced = resolve_forced(settings, tok)
     pf, pb, ld = first_token_probs(model, tok, [p.prompt for p in problems], batch_size=settings.batch_size,
                                    chat=settings.chat)
+    a_exact = (exact_forced_accuracy(model, tok, problems, chat=settings.chat, batch_size=settings.batch_size)
+               if method == "exact" else None)
     jobs = [("greedy", None, 0)]
     jobs += [("sample", None, r) for r in range(settings.n_samples)]
-    jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(settings.n_forced)]
+    jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(n_forced)]
     results: dict[tuple[str, int], list[str]] = {}
     per_word = tokens_per_word(tok)
     for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress)):
@@ -134,7 +180,9 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettin
             pbh.sample_correct.append(v.correct)
             pbh.sample_strategy.append(v.strategy)
         for s in STRATEGIES:
-            pbh.forced_correct[s] = [verify(p, results[(f"forced-{s}", r)][i]).correct for r in range(settings.n_forced)]
+            pbh.forced_correct[s] = [verify(p, results[(f"forced-{s}", r)][i]).correct for r in range(n_forced)]
+        if a_exact is not None:
+            pbh.a_exact = a_exact[i].copy()
         out.append(pbh)
     return out
 
@@ -162,9 +210,14 @@ def summarize_behavior(rows: list[ProblemBehavior], n_boot: int = 1000, seed: in
     greedy = np.array([r.greedy_correct for r in rows], dtype=float)
     sampled = np.array([np.mean(r.sample_correct) for r in rows])
     implied = np.array([float(r.pi @ r.a) for r in rows])
+    diff = mean_ci(implied - sampled)
+    diff["consistent"] = bool(diff["ci"] is not None and diff["ci"][0] <= 0 <= diff["ci"][1])
+    exact = bool(rows) and all(r.a_exact is not None for r in rows)
     out: dict = {
         "n_problems": len(rows),
-        "accuracy": {"greedy": mean_ci(greedy), "sampled": mean_ci(sampled), "implied": mean_ci(implied)},
+        "forced_method": "exact" if exact else "sampled",
+        "accuracy": {"greedy": mean_ci(greedy), "sampled": mean_ci(sampled), "implied": mean_ci(implied),
+                     "implied_minus_sampled": diff},
         "accuracy_by_stratum": {},
         "strategy_share": {},
         "accuracy_by_strategy": {},
@@ -194,7 +247,10 @@ def summarize_behavior(rows: list[ProblemBehavior], n_boot: int = 1000, seed: in
             c = [ok for r in sel for ok, lab in zip(r.sample_correct, r.sample_strategy) if lab == s]
             by_s[s] = {"accuracy": float(np.mean(c)) if c else None, "n": len(c)}
         out["accuracy_by_strategy"][t] = by_s
-        out["forced_accuracy"][t] = {s: mean_ci([np.mean(r.forced_correct[s]) for r in sel]) for s in STRATEGIES}
+        out["forced_accuracy"][t] = {s: mean_ci([r.a[j] for r in sel]) for j, s in enumerate(STRATEGIES)}
+        if exact and all(r.forced_correct.get(s) for r in sel for s in STRATEGIES):  # the sampled check
+            out.setdefault("forced_accuracy_sampled", {})[t] = {
+                s: mean_ci([r.a_sampled[j] for r in sel]) for j, s in enumerate(STRATEGIES)}
     n = min(len(r.sample_correct) for r in rows) if rows else 0
     for k in sorted({1, 2, 4, 8, n} - {0}):
         if k <= n:

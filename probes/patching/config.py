@@ -23,16 +23,24 @@ class PatchingConfig(BaseModel):
 
     Attributes (groups):
         pre, post, out: the pre-RL and post-RL checkpoint directories and the output folder.
-        n_problems, steps, fields, seed: the held-out problems of CMAP (both types, drawn by
-            :func:`probes.task.sample_problems`).
+        n_problems: how many of the given problems are patched (a stratified subset,
+            :func:`probes.patching.pipeline.stratified_subset`; None: all of them). In
+            ``python -m probes.run`` the problems are the run's held-out problems.
+        steps, fields, seed: only when no problems are given (``python -m probes.patch``):
+            ``n_problems`` are drawn with the behaviour stage's sampler
+            (:func:`probes.behavior.__main__.held_out_problems`); ``seed`` also seeds the bootstrap.
         hooks: block hooks swept over all layers in the recovery curves.
         routing_positions: prompt positions patched for routing (``prompt``, ``prompt_end``).
-        strategies: forced strategies of the execution traces.
+        strategies: forced strategies whose traces are patched (the improvement term needs both;
+            a strategy left out keeps the recipient's accuracy under every patch).
         score_hook, score_layer: the site of the verdict's scores (default: the last block's output).
-        recovery_threshold, min_routing_gap, min_execution_gap: the verdict rule
-            (:mod:`probes.patching.verdict`).
-        counterfactual_n, counterfactual_steps, counterfactual_hooks: the within-model pairs and
-            the hooks of their layer x position heatmaps (and of attribution patching).
+        recovery_threshold, min_effect: the verdict rule (:mod:`probes.patching.verdict`; the
+            recovery's CI lower bound, and the margin in accuracy units by which a behavioural
+            term's CI must exclude 0).
+        counterfactual_n, counterfactual_steps, counterfactual_hooks: the within-model pairs (up
+            to ``counterfactual_n`` of the patched problems of one chain length,
+            ``counterfactual_steps`` or their median) and the hooks of their layer x position
+            heatmaps (and of attribution patching).
         attribution_top_k, confirm_min_effect: AtP's top hits and what confirms one.
         behaviour_n, behaviour_positions, max_new_tokens: the behavioural check (0 problems: off).
         tol, n_boot: the recovery's gap tolerance (metric units) and bootstrap replicates.
@@ -47,7 +55,7 @@ class PatchingConfig(BaseModel):
     pre: str
     post: str
     out: str
-    n_problems: int = Field(32, ge=1)
+    n_problems: int | None = Field(None, ge=1)
     steps: list[int] = Field(default_factory=lambda: [3])
     fields: list[int] = Field(default_factory=lambda: [11, 13])
     seed: int = 0
@@ -57,8 +65,7 @@ class PatchingConfig(BaseModel):
     score_hook: Hook = "hook_resid_post"
     score_layer: int = -1
     recovery_threshold: float = Field(0.5, ge=0)
-    min_routing_gap: float = Field(0.5, ge=0)
-    min_execution_gap: float = Field(0.05, ge=0)
+    min_effect: float = Field(0.02, ge=0)
     counterfactual_n: int = Field(16, ge=0)
     counterfactual_steps: int | None = None
     counterfactual_hooks: list[Hook] = Field(default_factory=lambda: ["hook_resid_pre", "hook_attn_out", "hook_mlp_out"])
@@ -109,11 +116,6 @@ class PatchingConfig(BaseModel):
         if self.counterfactual_steps is not None and self.counterfactual_steps < 1:
             raise ValueError("counterfactual_steps must be >= 1")
         return self
-
-    @property
-    def cf_steps(self) -> int:
-        """The chain length of the counterfactual pairs (one prompt length per heatmap)."""
-        return self.counterfactual_steps if self.counterfactual_steps is not None else self.steps[0]
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: object) -> "PatchingConfig":

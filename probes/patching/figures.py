@@ -3,6 +3,8 @@
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot
 state, no display needed), so they render the same in tests, on servers and in notebooks.
 
+- :func:`plot_term_curves`: recovery of the behavioural selection and improvement terms against
+  layer (the verdict's curves);
 - :func:`plot_recovery_curves`: recovery (fraction of the gap) against layer, one line per hook,
   95% CI bands, one panel per direction;
 - :func:`plot_heatmap`: layer x position normalised logit difference of a counterfactual sweep,
@@ -77,6 +79,57 @@ def plot_recovery_curves(curves: Mapping[str, CurveResult], path: str | os.PathL
             _note(ax, "undefined: donor and recipient agree\n" + (res.recoveries[0].reason or ""))
         else:
             ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_term_curves(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | os.PathLike,
+                     threshold: float | None, title: str) -> Path:
+    """Recovery of the behavioural selection and improvement terms against layer (panels: the two
+    terms; lines: hooks; solid with a 95% CI band: post-RL into pre-RL, dashed: pre-RL into post-RL).
+
+    Args:
+        curves: ``{direction: {term: {hook: [TermRecovery per layer]}}}``
+            (:func:`probes.patching.mechanistic.recovery_curves` per direction).
+        threshold: the verdict's recovery threshold (a dotted line), or None.
+
+    Returns:
+        The path written.
+    """
+    terms = ("selection", "improvement")
+    fig = Figure(figsize=(10.4, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    colors = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
+              "hook_resid_post": "tab:red"}
+    for ax, term in zip(axes, terms):
+        any_defined, beh = False, None
+        for direction, style in (("post_into_pre", "-"), ("pre_into_post", "--")):
+            for hook, recs in (curves.get(direction, {}).get(term) or {}).items():
+                layers = np.arange(len(recs))
+                y = np.array([np.nan if r.value is None else r.value for r in recs])
+                any_defined |= bool(np.isfinite(y).any())
+                color = colors.get(hook)
+                ax.plot(layers, y, style, marker="o", ms=3, color=color,
+                        label=hook if direction == "post_into_pre" else None)
+                if direction == "post_into_pre":
+                    beh = recs[0] if recs else beh
+                    lo = np.array([np.nan if r.ci is None else r.ci[0] for r in recs])
+                    hi = np.array([np.nan if r.ci is None else r.ci[1] for r in recs])
+                    ax.fill_between(layers, lo, hi, color=color, alpha=0.15, linewidth=0)
+                    ax.set_xticks(layers)
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.axhline(1, color="grey", lw=0.8, ls="--")
+        if threshold is not None:
+            ax.axhline(threshold, color="k", lw=0.8, ls=":")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"recovery (fraction of the behavioural {term} term)")
+        sub = "" if beh is None else f"\nbehavioural term {beh.behaviour:+.3f} accuracy (post-RL minus pre-RL), n={beh.n}"
+        where = "prompt" if term == "selection" else "trace"
+        ax.set_title(f"{term}: {where} positions patched{sub}", fontsize=9)
+        if not any_defined:
+            _note(ax, "undefined: " + ((beh.reason if beh is not None else None) or "no curves"))
+        else:
+            ax.legend(fontsize=7, title="solid: post into pre\ndashed: pre into post", title_fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

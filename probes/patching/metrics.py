@@ -1,6 +1,14 @@
 """Patching metrics: what a patched forward pass is scored by, per problem, in nats.
 
-Two metrics, one per question (DESIGN.md, "Patching"):
+Two metrics in the behaviour's units (the verdict's, :mod:`probes.patching.mechanistic`):
+
+- :class:`StrategyProbs` (routing): ``pi(s|x)``, the softmax probability at the last prompt token
+  of each strategy's first response token (probability, ``[N, S]`` per pass);
+- :class:`TraceLogProb` (execution): ``log P(canonical trace, end token | prompt, strategy word)``
+  of a teacher-forced trace (nats, <= 0; ``exp`` of it is the exact forced accuracy ``a(s|x)``
+  where the correct response is unique, :mod:`probes.behavior.exact`).
+
+Two secondary metrics in nats (the verdict before issue 17; kept as secondary evidence):
 
 - :class:`StrategyLogitDiff` (routing): ``logit(F) - logit(B)`` at the last prompt token, the
   position whose logits predict the first response token, which names the strategy. Nats; > 0
@@ -40,7 +48,7 @@ from torch import Tensor
 from activations.batch import (PositionError, TokenBatch, model_text, render_prompt, response_separator,
                                response_token_id)
 from activations.positions import PositionIndex
-from probes.task.traces import STRATEGY_TOKEN, step_positions, word_char_offsets
+from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, step_positions, word_char_offsets
 
 METRIC_PARTS: tuple[str, ...] = ("steps", "answer")
 """What :class:`StepLogProb` can score: the step results, the answer, or both."""
@@ -57,10 +65,14 @@ class MetricPlan:
     Attributes:
         index: the logit coordinates in the base batch (``n`` entries).
         n_rows: rows of the base batch (``N``).
-        kind: ``"diff"`` (``logits[:, plus] - logits[:, minus]``, one entry per row) or
-            ``"logprob"`` (mean ``log_softmax(logits)[target]`` over each row's entries).
+        kind: ``"diff"`` (``logits[:, plus] - logits[:, minus]``, one entry per row),
+            ``"logprob"`` (mean ``log_softmax(logits)[target]`` over each row's entries),
+            ``"logprob_sum"`` (their sum: the log-probability of the row's target sequence) or
+            ``"probs"`` (``softmax(logits)[token_ids]``, one entry per row, ``S`` values each).
         plus, minus: token ids of a ``"diff"`` plan.
-        targets: ``Int[Tensor, "n"]`` target token id of each entry of a ``"logprob"`` plan.
+        targets: ``Int[Tensor, "n"]`` target token id of each entry of a ``"logprob"`` or
+            ``"logprob_sum"`` plan.
+        token_ids: the ``S`` token ids of a ``"probs"`` plan.
     """
 
     index: PositionIndex
@@ -69,6 +81,7 @@ class MetricPlan:
     plus: int = -1
     minus: int = -1
     targets: Tensor | None = None
+    token_ids: tuple[int, ...] = ()
 
     def tiled(self, m: int) -> PositionIndex:
         """The coordinates in the base batch repeated ``m`` times along the batch (copy ``j``
@@ -83,12 +96,13 @@ class MetricPlan:
             labels=self.index.labels * m,
         )
 
-    def reduce(self, logits: Float[Tensor, "mn vocab"], m: int = 1) -> Float[Tensor, "m batch"]:
+    def reduce(self, logits: Float[Tensor, "mn vocab"], m: int = 1) -> Float[Tensor, "m batch *s"]:
         """Per-row metric values from logits gathered at :meth:`tiled` ``(m)`` (in float32, or
         float64 for float64 logits).
 
         Returns:
-            ``[m, N]``: row ``j`` holds the values of copy ``j`` of the batch.
+            ``[m, N]`` (``[m, N, S]`` for a ``"probs"`` plan): row ``j`` holds the values of copy
+            ``j`` of the batch.
 
         Raises:
             MetricError: the logits do not have ``m * n`` rows.
@@ -99,11 +113,16 @@ class MetricPlan:
         x = logits if logits.dtype == torch.float64 else logits.float()
         if self.kind == "diff":
             return (x[:, self.plus] - x[:, self.minus]).reshape(m, self.n_rows)
+        if self.kind == "probs":
+            ids = torch.tensor(self.token_ids, dtype=torch.long, device=x.device)
+            return torch.softmax(x, dim=-1)[:, ids].reshape(m, self.n_rows, len(self.token_ids))
         assert self.targets is not None
         lp = torch.log_softmax(x, dim=-1).gather(1, self.targets.to(x.device).repeat(m)[:, None])[:, 0]
         rows = self.index.rows.to(x.device)
         sums = torch.zeros(m, self.n_rows, dtype=lp.dtype, device=x.device)
         sums.index_add_(1, rows, lp.reshape(m, n))
+        if self.kind == "logprob_sum":
+            return sums
         counts = torch.bincount(rows, minlength=self.n_rows).to(lp.dtype)
         return sums / counts
 
@@ -184,6 +203,128 @@ class StrategyLogitDiff(Metric):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "unit": self.unit, "position": "prompt_end",
                 "tokens": {"F": self.forward_id, "B": self.backward_id}}
+
+
+class StrategyProbs(Metric):
+    """Routing metric in the behaviour's units: ``pi(s|x)``, the temperature-1 probability of each
+    strategy's first response token at ``prompt_end`` (probability; ``[N, S]`` per pass, ``S`` =
+    :data:`probes.task.traces.STRATEGIES` in order). The same quantity as the behaviour stage's
+    ``pi`` (:func:`probes.behavior.generate.first_token_probs`); mass on other tokens is no strategy.
+
+    Args:
+        tokenizer: the checkpoints' tokenizer, or None to take the ids from ``ids``.
+        ids: the strategies' first-token ids when no tokenizer is given.
+        chat: the prompts are rendered in the chat template.
+
+    Raises:
+        MetricError: a strategy word is not a single token.
+        ValueError: neither a tokenizer nor ids given.
+    """
+
+    name = "strategy_probs"
+    unit = "probability"
+
+    def __init__(self, tokenizer: Any = None, ids: Sequence[int] | None = None, chat: bool = False):
+        if ids is None:
+            if tokenizer is None:
+                raise ValueError("StrategyProbs needs a tokenizer or ids")
+            ids = [single_token_id(tokenizer, STRATEGY_TOKEN[s], chat) for s in STRATEGIES]
+        self.ids = tuple(int(i) for i in ids)
+
+    def plan(self, batch: TokenBatch) -> MetricPlan:
+        ends = batch.prompt_end
+        index = PositionIndex(rows=torch.arange(len(batch)), cols=batch.pad_offset + ends, positions=ends.clone(),
+                              labels=["prompt_end"] * len(batch))
+        return MetricPlan(index=index, n_rows=len(batch), kind="probs", token_ids=self.ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit, "position": "prompt_end",
+                "tokens": dict(zip(STRATEGIES, self.ids))}
+
+
+class TraceLogProb(Metric):
+    """Execution metric in the behaviour's units: the log-probability of the whole canonical
+    response after its strategy word, the end token included (nats, <= 0), on teacher-forced
+    inputs ``prompt + sep + response + eos``. ``exp`` of it is the probability that sampling at
+    temperature 1 after the forced strategy word writes exactly this response and stops: the exact
+    forced-strategy accuracy ``a(s|x)`` when the correct response is unique
+    (:mod:`probes.behavior.exact`).
+
+    Every token after the strategy word's token is a target, scored at the token before it; the
+    strategy word itself is forced, not scored. The end token is the tokenizer's ``eos_token``,
+    the token generation stops at (:func:`probes.behavior.generate.generate`).
+
+    Args:
+        tokenizer: the checkpoints' fast tokenizer (offsets are needed); it must have an
+            ``eos_token``.
+        prompts: the task prompts (plain text), one per batch row.
+        responses: the canonical responses (plain text, starting with the strategy word), without
+            the end token (it is appended here: :meth:`response_texts`).
+        chat: the prompts are rendered in the chat template.
+
+    Raises:
+        MetricError: no end token, a response whose first word shares a token with the rest, or
+            an input that does not end in the end token.
+    """
+
+    name = "trace_logprob"
+    unit = "nats"
+
+    def __init__(self, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], chat: bool = False):
+        if len(prompts) != len(responses):
+            raise MetricError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not getattr(tokenizer, "eos_token", None) or tokenizer.eos_token_id is None:
+            raise MetricError("the tokenizer has no eos_token: the exact forced accuracy scores the end of the "
+                              "response; save the checkpoint's tokenizer with its eos_token")
+        self.tokenizer = tokenizer
+        self.chat = chat
+        self.eos = tokenizer.eos_token
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.prompts = list(prompts)
+        self.responses = list(responses)
+        self._targets = [self._row_targets(p, r) for p, r in zip(self.prompts, self.responses)]
+
+    def response_texts(self) -> list[str]:
+        """The teacher-forced responses: each canonical response with the end token appended."""
+        return [r + self.eos for r in self.responses]
+
+    def _row_targets(self, prompt: str, response: str) -> list[tuple[int, int]]:
+        rendered = render_prompt(self.tokenizer, prompt, self.chat)
+        text = model_text(rendered, response + self.eos, self.chat)
+        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=not self.chat)
+        ids, offs = enc["input_ids"], enc["offset_mapping"]
+        base = len(rendered) + len(response_separator(self.chat))
+        first = response.split()[0] if response.split() else ""
+        word_end = base + response.index(first) + len(first) if first else base
+        if not ids or ids[-1] != self.eos_id:
+            raise MetricError(f"{prompt!r}: the input does not end in the end token {self.eos!r} "
+                              f"(id {self.eos_id}) after tokenization")
+        out = []
+        for t, (a, b) in enumerate(offs):
+            if a < word_end < b:
+                raise MetricError(f"{prompt!r}: a token spans the strategy word {first!r} and the rest of the response")
+            if a >= word_end and t > 0:
+                out.append((t - 1, int(ids[t])))
+        if not out or out[-1][1] != self.eos_id:
+            raise MetricError(f"{prompt!r}: no response token after the strategy word {first!r}")
+        return out
+
+    def plan(self, batch: TokenBatch) -> MetricPlan:
+        if len(batch) != len(self._targets):
+            raise MetricError(f"the metric was built for {len(self._targets)} inputs, the batch has {len(batch)}")
+        rows, pos, tgt = [], [], []
+        for r, pairs in enumerate(self._targets):
+            for p, t in pairs:
+                rows.append(r)
+                pos.append(p)
+                tgt.append(t)
+        index = PositionIndex.from_pairs(batch, rows, pos, labels=["target"] * len(rows))
+        return MetricPlan(index=index, n_rows=len(batch), kind="logprob_sum",
+                          targets=torch.tensor(tgt, dtype=torch.long))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit, "end_token": self.eos,
+                "targets_per_input": [len(t) for t in self._targets]}
 
 
 def target_words(response: str, parts: Sequence[str] = METRIC_PARTS) -> list[int]:

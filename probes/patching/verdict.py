@@ -1,43 +1,38 @@
-"""The verdict: did RL change the routing (selection), the execution circuits (improvement),
-both, or neither?
+"""The verdict: did RL change the routing (selection), the execution (improvement), both, or neither?
 
-Two scores, each a :class:`~probes.patching.recovery.Recovery` with a bootstrap CI over problems:
+It is decided in the behaviour's units. The behaviour stage splits the accuracy change into a
+selection and an improvement term (accuracy units, 95% bootstrap CIs over problems;
+:mod:`probes.behavior.decompose`); cross-model patching measures how much of each term the post-RL
+residual stream carries into the pre-RL model at the score site (the *recovery*, a fraction of the
+term; :mod:`probes.patching.mechanistic`): the prompt positions for selection, the trace positions
+for improvement.
 
-- **selection score** ``S``: routing recovery of post-RL into pre-RL at the prompt positions
-  (the post-RL model's activations at every prompt token, at the score site, written into the
-  pre-RL model; metric: the strategy logit difference at the first response token, nats);
-- **improvement score** ``I``: execution recovery of post-RL into pre-RL under forced strategies
-  (teacher-forced correct traces of each strategy; the post-RL activations at every trace token
-  at the score site written into the pre-RL model; metric: mean log-probability of the correct
-  step results and answer, nats/token).
+**The rule** (:class:`VerdictRule`; thresholds fixed before any pair was measured with it)::
 
-Each score comes with its *gap*, the size of what there is to recover: for selection the mean
-``|LD_post - LD_pre|`` over problems (nats), for improvement the mean ``logp_post - logp_pre``
-(nats/token; positive when post-RL executes better).
-
-**The rule** (:class:`VerdictRule`, defaults in brackets)::
-
-    selection   <=>  S is defined  and  CI_lo(S) > recovery_threshold [0.5]
-                     and  CI_lo(routing gap)   > min_routing_gap   [0.5 nats]
-    improvement <=>  I is defined  and  CI_lo(I) > recovery_threshold [0.5]
-                     and  CI_lo(execution gap) > min_execution_gap [0.05 nats/token]
+    a term counts  <=>  its behavioural CI excludes 0 by the minimum effect
+                            (CI_lo > +min_effect  or  CI_hi < -min_effect)        [0.02 accuracy]
+                        and its recovery at the score site has CI_lo > recovery_threshold [0.5]
     label = "both" | "selection" | "improvement" | "neither"
+    regressions: every behavioural term (delta, selection, improvement) with CI_hi < -min_effect is
+                 stated beside the label, whether or not it counts
 
-The gap conditions ask that RL changed the behaviour by a material amount (a strategy odds ratio
-of at least ``e^0.5 ~ 1.65`` on average; a gain of at least 0.05 nats per scored token), beyond
-resampling noise; the recovery conditions ask that the change is carried by the patched positions
-(the prompt for routing, the trace for execution) and is readable by the pre-RL model's remaining
-layers. When the two models are identical both gaps are 0, both scores are undefined, and the
-label is ``neither``.
+Why these numbers:
 
-**What the rule cannot see.** A change carried by weights *downstream* of the score site is
-transferred by no activation patch: at the default site (the last block's output) that is the
-final norm and the unembedding. RL that moves the strategy logits partly by moving the unembedding
-rows of ``F`` and ``B`` therefore scores ``S < 1`` even when the whole change is routing, and the
-label can be ``neither`` while the behavioural decomposition shows selection. The threshold stays
-at the majority it was set to before any organism was patched; read ``S`` and the behavioural check
-(the patch held during generation) beside the label, and lower ``recovery_threshold`` only as a
-decision stated before looking at the pair.
+- ``min_effect = 0.02`` (two accuracy points per problem on average). It is the smallest change a
+  reader comparing accuracies could see at all: the sampled accuracy of a held-out set of 400-1000
+  problems, which is what a reader compares, has a standard error of 0.015-0.025, so a smaller
+  change would not show in any accuracy table, however significant the exact decomposition finds it.
+  It was set from that argument, not from the pairs it is applied to.
+- ``recovery_threshold = 0.5``: the patch must carry the majority of the term (the threshold the
+  nats-based rule used before; unchanged).
+
+A term can count with either sign: a label names the mechanism through which RL changed accuracy,
+and the regression statements say where accuracy was lost, so no label hides a loss (e.g.
+``both`` with "execution degraded: improvement -0.070 [-0.084, -0.057]").
+
+**What the rule cannot see.** A change carried by weights downstream of the score site (at the
+default site, the last block's output: the final norm and the unembedding) is transferred by no
+activation patch, so its recovery stays below 1 however the behaviour moved.
 """
 
 from __future__ import annotations
@@ -45,88 +40,131 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from probes.patching.recovery import Recovery
-
 LABELS: tuple[str, ...] = ("selection", "improvement", "both", "neither")
+TERMS: tuple[str, ...] = ("selection", "improvement")
+REGRESSION_WORDS: dict[str, str] = {
+    "delta": "accuracy fell",
+    "selection": "routing moved towards the worse strategy",
+    "improvement": "execution degraded",
+}
+"""How each significantly negative behavioural term is stated."""
 
 
 @dataclass(frozen=True)
 class VerdictRule:
-    """Thresholds of the verdict (see the module docstring).
+    """Thresholds of the verdict (see the module docstring for the reasons).
 
     Attributes:
-        recovery_threshold: the lower CI bound a score must exceed (fraction of the gap).
-        min_routing_gap: the lower CI bound the mean ``|LD_post - LD_pre|`` must exceed (nats).
-        min_execution_gap: the lower CI bound the mean ``logp_post - logp_pre`` must exceed
-            (nats/token).
+        recovery_threshold: the lower CI bound a recovery must exceed (fraction of the term).
+        min_effect: the margin (accuracy units) by which a behavioural term's CI must exclude 0.
     """
 
     recovery_threshold: float = 0.5
-    min_routing_gap: float = 0.5
-    min_execution_gap: float = 0.05
+    min_effect: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("recovery_threshold", "min_routing_gap", "min_execution_gap"):
+        for name in ("recovery_threshold", "min_effect"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v != v or v < 0:
                 raise ValueError(f"VerdictRule.{name} must be a non-negative number, got {v!r}")
 
 
-def _judge(score: Recovery, gap_ci: tuple[float, float] | None, gap: float, min_gap: float, threshold: float,
-           gap_name: str, unit: str) -> tuple[bool, list[str]]:
-    why: list[str] = []
-    if score.value is None:
-        why.append(f"the score is undefined: {score.reason}")
-    elif score.ci is None:
-        why.append("the score has no confidence interval")
-    elif not score.ci[0] > threshold:
-        why.append(f"CI lower bound of the recovery {score.ci[0]:.3f} is not above {threshold}")
-    if gap_ci is None or not gap_ci[0] > min_gap:
-        lo = "n/a" if gap_ci is None else f"{gap_ci[0]:.3f}"
-        why.append(f"the {gap_name} {gap:.3f} {unit} (CI lower bound {lo}) is not above {min_gap} {unit}")
-    return not why, why
+def _fmt(mean: float, ci) -> str:
+    return f"{mean:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
 
 
-def decide(selection: Recovery, improvement: Recovery, rule: VerdictRule = VerdictRule()) -> dict[str, Any]:
-    """The label and its evidence.
+def judge_term(term: str, behaviour: dict, recovery: dict | None, rule: VerdictRule) -> dict[str, Any]:
+    """Whether one term counts, and why not.
 
     Args:
-        selection: the selection score ``S`` (routing, post-RL into pre-RL, prompt positions).
-        improvement: the improvement score ``I`` (execution, post-RL into pre-RL, forced strategies).
+        term: ``"selection"`` or ``"improvement"``.
+        behaviour: ``{"mean", "ci"}`` of the behavioural term (accuracy units).
+        recovery: :meth:`probes.patching.mechanistic.TermRecovery.to_dict` at the score site, or None
+            when patching did not run.
         rule: the thresholds.
 
     Returns:
-        ``{"label", "selection": {"passes", "why_not", "score"}, "improvement": {...},
-        "rule": {...thresholds}, "rule_text"}`` (JSON-able).
+        ``{"counts", "why_not", "behaviour", "recovery", "sign"}`` (JSON-able).
     """
-    s_ok, s_why = _judge(selection, selection.gap_abs_ci, selection.gap_abs, rule.min_routing_gap,
-                         rule.recovery_threshold, "routing gap mean |LD_post - LD_pre|", "nats")
-    i_ok, i_why = _judge(improvement, improvement.gap_signed_ci, improvement.gap_signed, rule.min_execution_gap,
-                         rule.recovery_threshold, "execution gap mean (logp_post - logp_pre)", "nats/token")
+    why: list[str] = []
+    mean, ci = behaviour["mean"], behaviour.get("ci")
+    m = rule.min_effect
+    sign = 0
+    if ci is None:
+        why.append(f"the behavioural {term} term has no confidence interval")
+    elif ci[0] > m:
+        sign = 1
+    elif ci[1] < -m:
+        sign = -1
+    else:
+        why.append(f"the behavioural {term} term {_fmt(mean, ci)} does not exclude 0 by the minimum effect {m}")
+    if recovery is None:
+        why.append("no patching result")
+    elif recovery.get("value") is None:
+        why.append(f"the recovery is undefined: {recovery.get('reason')}")
+    elif recovery.get("ci") is None:
+        why.append("the recovery has no confidence interval")
+    elif not recovery["ci"][0] > rule.recovery_threshold:
+        why.append(f"the recovery {_fmt(recovery['value'], recovery['ci'])} has its CI lower bound not above "
+                   f"{rule.recovery_threshold}")
+    return {"counts": not why, "why_not": why, "behaviour": {"mean": mean, "ci": ci}, "recovery": recovery,
+            "sign": sign}
+
+
+def regressions(behaviour: dict[str, dict], rule: VerdictRule) -> list[dict[str, Any]]:
+    """The behavioural terms whose CI lies below ``-min_effect``: ``[{"term", "mean", "ci", "text"}]``
+    in the order delta, selection, improvement."""
+    out = []
+    for term in ("delta", "selection", "improvement"):
+        node = behaviour.get(term)
+        if not node or node.get("ci") is None:
+            continue
+        if node["ci"][1] < -rule.min_effect:
+            out.append({"term": term, "mean": node["mean"], "ci": list(node["ci"]),
+                        "text": f"{REGRESSION_WORDS[term]}: {term} {_fmt(node['mean'], node['ci'])}"})
+    return out
+
+
+def decide(behaviour: dict[str, dict], recoveries: dict[str, dict | None], rule: VerdictRule = VerdictRule()
+           ) -> dict[str, Any]:
+    """The label, the evidence, and the regressions.
+
+    Args:
+        behaviour: ``{"delta"|"selection"|"improvement": {"mean", "ci"}}``, the behavioural terms
+            (accuracy units, 95% CIs over problems).
+        recoveries: ``{"selection"|"improvement": TermRecovery dict at the score site or None}``.
+        rule: the thresholds.
+
+    Returns:
+        ``{"label", "selection": judge_term(...), "improvement": ..., "regressions": [...],
+        "statement", "rule": {...}, "rule_text"}`` (JSON-able; ``statement`` is the label with the
+        regressions in one line).
+    """
+    judged = {t: judge_term(t, behaviour[t], recoveries.get(t), rule) for t in TERMS}
+    s_ok, i_ok = judged["selection"]["counts"], judged["improvement"]["counts"]
     label = "both" if s_ok and i_ok else "selection" if s_ok else "improvement" if i_ok else "neither"
-    return {
-        "label": label,
-        "selection": {"passes": s_ok, "why_not": s_why, "score": selection.to_dict()},
-        "improvement": {"passes": i_ok, "why_not": i_why, "score": improvement.to_dict()},
-        "rule": asdict(rule),
-        "rule_text": RULE_TEXT.format(**asdict(rule)),
-    }
+    regs = regressions(behaviour, rule)
+    statement = label + "".join(f"; {r['text']}" for r in regs)
+    return {"label": label, **judged, "regressions": regs, "statement": statement, "rule": asdict(rule),
+            "rule_text": RULE_TEXT.format(**asdict(rule))}
 
 
 def score_judgement(results: dict, kind: str) -> tuple[bool | None, str]:
-    """Whether the ``kind`` (``"selection"`` or ``"improvement"``) score of a run's ``results.json``
-    passes the rule (None when the run has no patching verdict), and why not: the failed
-    conditions joined by ``"; "``, else the reason the score is undefined, else ``""``."""
-    node = ((results.get("patching") or {}).get("verdict") or {}).get(kind) or {}
-    why = "; ".join(node.get("why_not") or []) or results["verdict"].get(f"{kind}_score_undefined_reason") or ""
-    return node.get("passes"), why
+    """Whether the ``kind`` (``"selection"`` or ``"improvement"``) term of a run's ``results.json``
+    counts under the rule (None when the run has no verdict evidence for it), and why not: the
+    failed conditions joined by ``"; "``, else ``""``."""
+    node = (results.get("verdict") or {}).get(kind) or {}
+    if "counts" not in node:
+        return None, (results.get("verdict") or {}).get(f"{kind}_score_undefined_reason") or ""
+    return node["counts"], "; ".join(node.get("why_not") or [])
 
 
 RULE_TEXT = (
-    "selection if the selection score (routing recovery, post-RL into pre-RL, prompt positions) is defined, "
-    "its CI lower bound > {recovery_threshold} and the CI lower bound of the routing gap mean|LD_post - LD_pre| "
-    "> {min_routing_gap} nats; improvement if the improvement score (execution recovery, post-RL into pre-RL, "
-    "forced strategies) is defined, its CI lower bound > {recovery_threshold} and the CI lower bound of the "
-    "execution gap mean(logp_post - logp_pre) > {min_execution_gap} nats/token; both if both; neither otherwise"
+    "a term (selection, improvement) counts if its behavioural 95% CI excludes 0 by the minimum effect "
+    "{min_effect} (accuracy) and its recovery (the mechanistic term measured by patching the post-RL model's "
+    "residual stream into the pre-RL model at the score site, over the behavioural term; prompt positions for "
+    "selection, trace positions for improvement) has a 95% CI lower bound above {recovery_threshold}; label: both, "
+    "selection, improvement or neither; every behavioural term whose CI lies below -{min_effect} is stated as a "
+    "regression beside the label"
 )
 """The rule in one sentence (written into results with the thresholds filled in)."""
