@@ -46,7 +46,7 @@ def same_model_run(tmp_path_factory):
 def test_same_checkpoint_as_pre_and_post_gives_neither_and_zero_terms(same_model_run):
     out, r, _ = same_model_run
     res = json.loads((out / "results.json").read_text())
-    assert res["schema_version"] == 1
+    assert res["schema_version"] == 2
     assert res["verdict"]["label"] == "neither"
     p = res["decomposition"]["pooled"]
     for k in ("delta", "selection", "improvement", "interaction"):
@@ -273,7 +273,7 @@ def test_report_html_embeds_every_figure_of_the_markdown_report_as_a_valid_png(q
 def test_each_stage_reports_its_progress(quick_run):
     for i, stage in enumerate(("behaviour", "cache", "probes", "patching", "verdict"), 1):
         assert f"[{i}/5 {stage}] running ..." in quick_run.stderr and f"[{i}/5 {stage}] done in" in quick_run.stderr
-    for bar in ("generating", "caching", "steering", "CMAP"):  # tqdm bars inside the stages
+    for bar in ("generating", "caching", "steering", "patching post_into_pre"):  # tqdm bars inside the stages
         assert bar in quick_run.stderr
     assert "stage times: behaviour" in quick_run.stdout
 
@@ -332,20 +332,77 @@ def test_a_pair_of_different_architectures_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "run" / "stages").exists()  # refused before any stage ran
 
 
-def test_the_printed_verdict_says_beside_each_score_whether_it_passes_and_why_not(tmp_path):
-    # a recovery near 1 of a gap too small to count must not read as evidence of improvement
-    from probes.run import verdict_lines
+def test_the_printed_verdict_states_each_term_whether_it_counts_and_every_regression(tmp_path):
+    # a recovery near 1 of a behavioural term too small to count must not read as evidence of improvement,
+    # and a significant loss is printed whatever the label
+    from probes.run import run_verdict, verdict_lines
     from probes.runfolder import RunFolder
 
-    why = "the execution gap mean (logp_post - logp_pre) -0.041 nats/token (CI lower bound -0.090) is not above 0.05"
-    res = {"verdict": {"label": "selection", "selection_score": 0.8, "selection_score_ci": [0.7, 0.9],
-                       "selection_score_undefined_reason": None, "improvement_score": 0.97,
-                       "improvement_score_ci": [0.96, 0.99], "improvement_score_undefined_reason": None,
-                       "behaviour": {"delta": 0.1, "selection": 0.09, "improvement": 0.01}},
-           "patching": {"verdict": {"selection": {"passes": True, "why_not": []},
-                                    "improvement": {"passes": False, "why_not": [why]}}}}
-    (tmp_path / "results.json").write_text(json.dumps(res))
+    pooled = {"delta": -0.55, "delta_ci": [-0.60, -0.50], "selection": 0.10, "selection_ci": [0.08, 0.12],
+              "improvement": -0.65, "improvement_ci": [-0.69, -0.61]}
+    rec = {"selection": {"value": 0.9, "ci": [0.85, 0.95], "reason": None},
+           "improvement": {"value": 0.3, "ci": [0.1, 0.5], "reason": None}}
+    v = run_verdict(pooled, {"selection": {"recovery": rec["selection"]}, "improvement": {"recovery": rec["improvement"]},
+                             "rule": {"recovery_threshold": 0.5, "min_effect": 0.02}})
+    (tmp_path / "results.json").write_text(json.dumps({"verdict": v}))
     lines = verdict_lines(RunFolder(tmp_path))
     assert lines[0] == "verdict: selection"
-    assert lines[1] == "  selection score: +0.800 [+0.700, +0.900] (passes)"
-    assert lines[2] == f"  improvement score: +0.970 [+0.960, +0.990] (does not pass: {why})"
+    assert lines[1] == "  REGRESSION: accuracy fell: delta -0.550 [-0.600, -0.500]"
+    assert lines[2] == "  REGRESSION: execution degraded: improvement -0.650 [-0.690, -0.610]"
+    assert lines[3] == "  selection: behavioural +0.100 [+0.080, +0.120], recovery +0.900 [+0.850, +0.950] (counts)"
+    assert lines[4].startswith("  improvement: behavioural -0.650 [-0.690, -0.610], recovery +0.300 [+0.100, +0.500] "
+                               "(does not count: the recovery +0.300 [+0.100, +0.500] has its CI lower bound")
+    assert v["statement"] == ("selection; accuracy fell: delta -0.550 [-0.600, -0.500]; execution degraded: "
+                              "improvement -0.650 [-0.690, -0.610]")
+
+
+def _routing_moved_execution_lost(src, out, steps=40, lr=3e-3):
+    """A post-RL stand-in made from ``src`` by training only the first response token, hard: the
+    loss is -log p(B) at the end of every prompt (Adam on every weight), which moves the routing
+    towards backward and, as collateral damage, wrecks the execution of both strategies."""
+    import torch
+
+    from activations.batch import encode_batch
+    from activations.load import load_checkpoint
+    from probes.behavior.__main__ import held_out_problems
+    from probes.task.traces import STRATEGY_TOKEN
+
+    ck = load_checkpoint(str(src))
+    model, tok = ck.model, ck.tokenizer
+    batch = encode_batch(tok, [p.prompt for p in held_out_problems(96, 11, (1, 2, 3))])
+    target = torch.full((len(batch),), tok.convert_tokens_to_ids(STRATEGY_TOKEN["backward"]))
+    at = batch.pad_offset + batch.prompt_end
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        logits = model(**batch.model_inputs()).logits[torch.arange(len(batch)), at]
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.slow
+def test_a_post_model_that_lost_execution_while_its_routing_moved_states_the_regression(tmp_path):
+    """Acceptance 4 of issue 17: no label hides a loss."""
+    post = _routing_moved_execution_lost(REPO / SFT, tmp_path / "broken")
+    cfg = _write(tmp_path / "c.yaml", "n_problems: 48\nsteps: [1, 2, 3]\nsamples: 1\nn_boot: 200\n"
+                 "patching: {n_problems: 24, hooks: [hook_resid_post], counterfactual_n: 0, behaviour_n: 0}\n")
+    r = _main("--config", cfg, "--pre-rl", SFT, "--post-rl", post, "--stages", "behaviour", "patching", "verdict",
+              "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    v = res["verdict"]
+    imp = res["decomposition"]["pooled"]["improvement_ci"]
+    assert imp[1] < -0.2, imp  # execution collapsed: the pair is what the test says it is
+    assert res["behavior"]["post_rl"]["strategy_share"]["all"]["first_token"]["backward"] > 0.9  # routing moved
+    texts = [x["text"] for x in v["regressions"]]
+    assert any(t.startswith("execution degraded: improvement -") for t in texts), texts
+    assert "REGRESSION: execution degraded: improvement -" in r.stdout
+    assert "execution degraded" in v["statement"] and v["statement"].startswith(v["label"])
+    assert "execution degraded" in (tmp_path / "run" / "report.md").read_text()

@@ -38,7 +38,7 @@ def test_cli_writes_patching_json_and_figures(run):
     code, out = run
     assert code == 0
     results = json.loads((out / "patching.json").read_text())  # strict JSON: NaN would not parse back
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert set(results["routing"]) == {"prompt", "prompt_end"}
     assert set(results["routing"]["prompt"]) == {"post_into_pre", "pre_into_post"}
     assert results["verdict"]["label"] in ("selection", "improvement", "both", "neither")
