@@ -1,15 +1,15 @@
-"""``python -m analyses.patching RUN_DIR``: routing and execution recovery curves of cross-model patching.
+"""``python -m analyses.patching RUN_DIR``: recovery of the behavioural terms by cross-model patching.
 
 Writes ``figures/patching_recovery.png`` and the table it shows, ``figures/patching_recovery.csv``.
-Cross-model activation patching (CMAP, Prakash et al. 2024, arXiv 2402.14811) runs the same input
-through one model with one site's activations replaced by the other model's; the recovery is the
-fraction of the metric's gap between the two models that the patch closes (0 = the unpatched
-recipient, 1 = the donor). Left: **routing**, the prompt positions patched, metric the strategy
-logit difference ``logit F - logit B`` at the first response token (nats); right: **execution**,
-the positions of a teacher-forced trace of a fixed strategy patched, metric the log-probability of
-the correct step tokens (nats/token). One line per hook and layer, post-RL into pre-RL (solid,
-95% bootstrap band) and pre-RL into post-RL (dashed); the dotted line is the verdict's recovery
-threshold. A panel whose gap is too small to normalise says so.
+Cross-model activation patching (CMAP, Prakash et al. 2024, arXiv 2402.14811) runs the pre-RL model
+with one site's activations replaced by the post-RL model's; the patched model's strategy
+probabilities (prompt positions patched) and exact forced accuracies (trace positions patched) give
+the mechanistic selection and improvement terms in accuracy units, and their *recovery* is the
+patched term over the behavioural one (0 = the pre-RL model, 1 = the whole behavioural term;
+:mod:`probes.patching.mechanistic`). Left: selection, right: improvement; one line per hook and
+layer, post-RL into pre-RL (solid, 95% bootstrap band) and pre-RL into post-RL (dashed); the dotted
+line is the verdict's recovery threshold. A panel whose behavioural term is 0 says so. The nats-based
+curves of the earlier rule are the stage's own secondary figures (``routing_*.png``, ``execution.png``).
 """
 
 from __future__ import annotations
@@ -35,32 +35,28 @@ def _nan(x):
 
 
 def recovery_rows(patching: dict) -> list[dict]:
-    """One row per panel (routing at the verdict's positions, execution), direction, hook and layer."""
+    """One row per term (selection, improvement), direction, hook and layer."""
     rows = []
-    panels = [("routing", (patching.get("routing") or {}).get("prompt") or {}),
-              ("execution", patching.get("execution") or {})]
-    for panel, node in panels:
-        for direction, _, _ in DIRECTIONS:
-            d = node.get(direction) or {}
-            for hook, curve in (d.get("curves") or {}).items():
+    for direction, _, _ in DIRECTIONS:
+        curves = ((patching.get("mechanistic") or {}).get(direction) or {}).get("curves") or {}
+        for panel in ("selection", "improvement"):
+            for hook, curve in (curves.get(panel) or {}).items():
                 for layer, r in enumerate(curve):
                     ci = r.get("ci") or [None, None]
                     rows.append({"panel": panel, "direction": direction, "hook": hook, "layer": layer,
                                  "recovery": r.get("value"), "lo": ci[0], "hi": ci[1], "reason": r.get("reason"),
-                                 "gap_abs": r.get("gap_abs"), "n": r.get("n")})
+                                 "behaviour": r.get("behaviour"), "mechanistic": r.get("mechanistic"), "n": r.get("n")})
     return rows
 
 
 def recovery_figure(run: str | Path) -> Path:
-    """Routing and execution recovery against layer, both directions (PNG and CSV)."""
+    """Selection and improvement recovery against layer, both directions (PNG and CSV)."""
     run = Path(run)
     patching = load(run, "patching/patching.json")
     rows = recovery_rows(patching)
     threshold = ((patching.get("verdict") or {}).get("rule") or {}).get("recovery_threshold")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    titles = {"routing": "routing (prompt patched; strategy logit diff, nats)",
-              "execution": "execution (trace patched; step log-prob, nats/token)"}
-    for ax, panel in zip(axes, ("routing", "execution")):
+    for ax, panel in zip(axes, ("selection", "improvement")):
         mine = [r for r in rows if r["panel"] == panel]
         finite = [r for r in mine if r["recovery"] is not None and math.isfinite(r["recovery"])]
         for direction, label, style in DIRECTIONS:
@@ -82,9 +78,12 @@ def recovery_figure(run: str | Path) -> Path:
             reason = next((r["reason"] for r in mine if r["reason"]), "no curves")
             ax.text(0.5, 0.5, f"recovery undefined:\n{reason}", transform=ax.transAxes, ha="center",
                     va="center", fontsize=8, wrap=True)
-        ax.set_title(titles[panel], fontsize=10)
+        beh = next((r["behaviour"] for r in mine if r["direction"] == "post_into_pre"), None)
+        where = "prompt" if panel == "selection" else "trace"
+        sub = "" if beh is None else f"; behavioural term {beh:+.3f} accuracy"
+        ax.set_title(f"{panel} ({where} patched{sub})", fontsize=10)
         ax.set_xlabel("layer")
-    axes[0].set_ylabel("recovery (fraction of the gap)")
+    axes[0].set_ylabel("recovery (fraction of the behavioural term)")
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
@@ -97,7 +96,7 @@ def recovery_figure(run: str | Path) -> Path:
     fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     return save_figure(fig, run, "patching_recovery.png", rows, ["panel", "direction", "hook", "layer", "recovery",
-                                                                "lo", "hi", "reason", "gap_abs", "n"])
+                                                                "lo", "hi", "reason", "behaviour", "mechanistic", "n"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,9 @@ counterfactual and attribution patching within each model, the behavioural check
 ``behaviour.png``). See :mod:`probes.patching.pipeline` for the JSON layout and
 :mod:`probes.patching.verdict` for the rule.
 
-The last line printed is ``verdict=LABEL selection=S improvement=I`` (scores as fractions of the
-gap, ``undefined`` when the two models agree). Exit status: 0 on success, 2 for a bad flag or
+The last line printed is ``verdict=LABEL selection=S improvement=I`` (recoveries: the mechanistic
+term over the behavioural one, ``undefined`` when the behavioural term is 0), followed by
+``REGRESSION=TERM:VALUE`` for every behavioural term significantly below zero. Exit status: 0 on success, 2 for a bad flag or
 config field, 1 when a checkpoint cannot be loaded or the pair cannot be patched.
 """
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", metavar="DIR", help="output folder for patching.json and figures")
     ap.add_argument("--config", metavar="FILE.yaml", help="a patching config (fields of PatchingConfig)")
     ap.add_argument("--quick", action="store_true", help="a small, seconds-long run (%s)" % QUICK)
-    ap.add_argument("--n-problems", type=int, help="problems for CMAP (default 32)")
+    ap.add_argument("--n-problems", type=int, help="held-out problems to patch (default 32; drawn as the behaviour "
+                    "stage draws them)")
     ap.add_argument("--steps", type=int, nargs="+", help="chain lengths of the problems (default 3)")
     ap.add_argument("--seed", type=int, help="problem and bootstrap seed (default 0)")
     ap.add_argument("--hooks", nargs="+", help="block hooks of the recovery curves")
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     v = results["verdict"]
     print(f"wrote {cfg.out}/{RESULTS_FILE} and {len(results['figures'])} figures")
-    print(f"verdict={v['label']} selection={_fmt(v['selection']['score'])} "
-          f"improvement={_fmt(v['improvement']['score'])}")
+    print(f"verdict={v['label']} selection={_fmt(v['selection']['recovery'])} "
+          f"improvement={_fmt(v['improvement']['recovery'])}"
+          + "".join(f" REGRESSION={r['term']}:{r['mean']:+.3f}" for r in v["regressions"]))
     return 0
 
 

@@ -374,7 +374,9 @@ def run_verdict(pooled: dict, pv: dict) -> dict:
         out[f"{t}_score_ci"] = r.get("ci")
         out[f"{t}_score_undefined_reason"] = r.get("reason") if rec[t] else "the patching stage did not run"
         out[t] = d[t]
-    out.update({"score_site": pv.get("score_site"), "forms_at": pv.get("forms_at"), "secondary": pv.get("secondary"),
+    forms = pv.get("forms_at") or {}  # where a term forms is read only for a term that counts
+    out.update({"score_site": pv.get("score_site"), "forms_at": {t: forms.get(t) if d[t]["counts"] else None for t in TERMS},
+                "secondary": pv.get("secondary"),
                 "rule": d["rule"], "rule_text": d["rule_text"],
                 "behaviour": {"delta": pooled["delta"], "selection": pooled["selection"],
                               "improvement": pooled["improvement"], "delta_ci": pooled["delta_ci"],

@@ -153,10 +153,8 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
     from activations.load import load_tokenizer
     from probes.behavior.evaluate import resolve_forced
 
-    method, reason, n_forced = resolve_forced(settings, load_tokenizer(str(model_dir)))
     result: dict = {"schema_version": SCHEMA_VERSION, "model": str(model_dir), "reference": reference_dir and str(reference_dir),
-                    "settings": dict(settings.__dict__), "models": {},
-                    "forced_accuracy": {"method": method, "reason": reason, "samples_per_strategy": n_forced}}
+                    "settings": dict(settings.__dict__), "models": {}}
     rows = {}
     for role, d in (("model", model_dir), ("reference", reference_dir)):
         if d is None:
@@ -166,6 +164,8 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
         result["models"][role] = summarize_behavior(rows[role], n_boot=n_boot, seed=settings.seed)
         if responses_out:
             write_jsonl(Path(responses_out).with_suffix(f".{role}.jsonl"), [r.to_dict() for r in rows[role]])
+    method, reason, n_forced = resolve_forced(settings, load_tokenizer(str(model_dir)))  # loadable: measured above
+    result["forced_accuracy"] = {"method": method, "reason": reason, "samples_per_strategy": n_forced}
     if "reference" in rows:
         ref, new = rows["reference"], rows["model"]
         dec = decompose(np.stack([r.pi for r in ref]), np.stack([r.a for r in ref]),
@@ -195,6 +195,21 @@ def format_table(result: dict) -> str:
             fa = s["forced_accuracy"][t]
             lines.append(f"  {t:<11} {sh['forward']:>9.3f} {sh['backward']:>9.3f} {sh['unparseable']:>8.3f}"
                          f" {fa['forward']['mean']:>6.3f} {fa['backward']['mean']:>6.3f}")
+        samp = s.get("forced_accuracy_sampled")
+        if samp:  # the exact forced accuracy beside the sampled one, within sampling error?
+            for t in ("evaluation", "inversion"):
+                cells = []
+                for st in ("forward", "backward"):
+                    e, m = s["forced_accuracy"][t][st], samp[t][st]
+                    inside = m["ci"][0] <= e["mean"] <= m["ci"][1]
+                    cells.append(f"a({st[0].upper()}) exact {e['mean']:.3f} sampled {m['mean']:.3f} "
+                                 f"[{m['ci'][0]:.3f},{m['ci'][1]:.3f}]{'' if inside else ' OUTSIDE'}")
+                lines.append(f"  {t:<11} " + "  ".join(cells))
+        diff = acc.get("implied_minus_sampled")
+        if diff:
+            lines.append(f"  implied - sampled accuracy {diff['mean']:+.3f} [{diff['ci'][0]:+.3f},{diff['ci'][1]:+.3f}]"
+                         f" ({'consistent' if diff['consistent'] else 'INCONSISTENT'}: the CI "
+                         f"{'contains' if diff['consistent'] else 'excludes'} 0)")
         ks = sorted({int(k.split('/')[1][1:]) for k in s["accuracy_by_stratum"]})
         lines.append("  sampled accuracy by k: " + " ".join(
             f"k{k}:{np.mean([v['sampled'] for kk, v in s['accuracy_by_stratum'].items() if kk.split('/')[1] == f'k{k}']):.2f}"

@@ -55,17 +55,17 @@ def test_the_probe_table_has_one_row_per_layer_of_each_probed_model(run_copy):
 
 
 @pytest.mark.slow
-def test_the_recovery_table_holds_both_directions_of_routing_and_execution(run_copy):
+def test_the_recovery_table_holds_both_directions_of_selection_and_improvement(run_copy):
     from analyses.patching import recovery_rows
 
     patching = json.loads((run_copy / "patching" / "patching.json").read_text())
     rows = recovery_rows(patching)
     assert {(r["panel"], r["direction"]) for r in rows} == {
-        (p, d) for p in ("routing", "execution") for d in ("post_into_pre", "pre_into_post")}
-    last = patching["routing"]["prompt"]["post_into_pre"]["curves"]["hook_resid_post"][-1]
-    row = [r for r in rows if r["panel"] == "routing" and r["direction"] == "post_into_pre"
+        (p, d) for p in ("selection", "improvement") for d in ("post_into_pre", "pre_into_post")}
+    last = patching["mechanistic"]["post_into_pre"]["curves"]["improvement"]["hook_resid_post"][-1]
+    row = [r for r in rows if r["panel"] == "improvement" and r["direction"] == "post_into_pre"
            and r["hook"] == "hook_resid_post"][-1]
-    assert row["recovery"] == last["value"]
+    assert row["recovery"] == last["value"] and row["behaviour"] == last["behaviour"]
 
 
 @pytest.mark.slow

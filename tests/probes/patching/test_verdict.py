@@ -49,7 +49,7 @@ def test_an_execution_loss_is_stated_beside_a_selection_label():
 
 def test_no_regression_within_the_minimum_effect():
     assert regressions(_beh(0.0, -0.015, width=0.004), VerdictRule()) == []
-    assert [r["term"] for r in regressions(_beh(0.0, -0.03, width=0.005), VerdictRule())] == ["delta", "improvement"]
+    assert [r["term"] for r in regressions(_beh(0.0, -0.03, width=0.004), VerdictRule())] == ["delta", "improvement"]
 
 
 def test_undefined_recoveries_say_why():
