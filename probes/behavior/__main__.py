@@ -201,7 +201,8 @@ def format_table(result: dict) -> str:
                 cells = []
                 for st in ("forward", "backward"):
                     e, m = s["forced_accuracy"][t][st], samp[t][st]
-                    inside = m["ci"][0] <= e["mean"] <= m["ci"][1]
+                    half = 0.5 / (m["n"] * result["settings"].get("n_forced", 1) or 1)  # half a sample: a 0/N CI is [0, 0]
+                    inside = m["ci"][0] - half <= e["mean"] <= m["ci"][1] + half
                     cells.append(f"a({st[0].upper()}) exact {e['mean']:.3f} sampled {m['mean']:.3f} "
                                  f"[{m['ci'][0]:.3f},{m['ci'][1]:.3f}]{'' if inside else ' OUTSIDE'}")
                 lines.append(f"  {t:<11} " + "  ".join(cells))

@@ -53,6 +53,14 @@ def test_same_checkpoint_as_pre_and_post_gives_neither_and_zero_terms(same_model
         assert p[k] == 0.0
         assert p[k + "_ci"] == [0.0, 0.0]
     _no_nan(res)
+    v = res["verdict"]
+    assert v["regressions"] == [] and v["statement"] == "neither"
+    for k in ("selection", "improvement"):  # nothing to recover: undefined, with the reason, not NaN
+        assert v[f"{k}_score"] is None and v[f"{k}_score_ci"] is None
+        assert "nothing to recover" in v[f"{k}_score_undefined_reason"]
+    for k in ("delta", "selection", "improvement"):  # the patching stage's own terms, on its problems
+        assert res["patching"]["behaviour_terms"][k]["mean"] == 0.0
+        assert res["patching"]["behaviour_terms"][k]["ci"] == [0.0, 0.0]
     assert "verdict: neither" in r.stdout and "report.html" in r.stdout
     for f in ("report.md", "report.html", "manifest.json", "config.yaml", "problems.jsonl",
               "figures/behaviour_strategy.png", "figures/behaviour_decomposition.png"):
