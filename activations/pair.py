@@ -94,12 +94,19 @@ def check_architecture(a: Checkpoint, b: Checkpoint, names: tuple[str, str] = ("
             raise PairMismatchError(f"parameter {key}", f"shape {sa[key]} vs {sb[key]}", names)
 
 
-def check_tokenizers(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-RL")) -> None:
+PROBE_PROMPT = "p13 eval : add ke , mul ru ; x = pa ; y = ?"
+"""A task prompt rendered through both chat templates to compare them (:func:`check_tokenizers`)."""
+
+
+def check_tokenizers(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-RL"), chat: bool = False) -> None:
     """Check that two tokenizers turn every text into the same ids.
 
     Compares, in this order: the vocabulary size, each token's id (the first token that differs
     is named), the special tokens, then the rest of the tokenizer pipeline (normalizer,
-    pre-tokenizer, merges, post-processor), naming the first differing key of ``tokenizer.json``.
+    pre-tokenizer, merges, post-processor), naming the first differing key of ``tokenizer.json``;
+    with ``chat``, the ids of :data:`PROBE_PROMPT` rendered as a user turn in each tokenizer's chat
+    template (``tokenizer_config.json`` ``chat_template``, or ``chat_template.jinja``), since every
+    stage reads the prompt that way.
 
     Raises:
         PairMismatchError: naming the first difference.
@@ -119,18 +126,47 @@ def check_tokenizers(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-R
     diff = first_difference(sa, sb)
     if diff is not None:
         raise PairMismatchError(f"tokenizer.json key {diff!r}", "the tokenizers split text differently", names)
+    if chat:
+        check_chat_templates(a, b, names)
 
 
-def check_pair(pre: Checkpoint, post: Checkpoint, names: tuple[str, str] = ("pre-RL", "post-RL")) -> None:
+def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-RL")) -> None:
+    """Check that a task prompt renders to the same ids in both tokenizers' chat templates.
+
+    Raises:
+        PairMismatchError: the rendered ids differ (the message gives both lengths and the first
+            differing token), or only one tokenizer has a chat template.
+    """
+    from activations.batch import render_prompt
+
+    has = [bool(getattr(t, "chat_template", None)) for t in (a, b)]
+    if has[0] != has[1]:
+        raise PairMismatchError("tokenizer_config.json chat_template",
+                                f"{'present' if has[0] else 'missing'} vs {'present' if has[1] else 'missing'}", names)
+    if not has[0]:
+        return
+    ids = [t(render_prompt(t, PROBE_PROMPT, True), add_special_tokens=False)["input_ids"] for t in (a, b)]
+    if ids[0] != ids[1]:
+        i = next((k for k, (x, y) in enumerate(zip(*ids)) if x != y), min(map(len, ids)))
+        tok = [t.convert_ids_to_tokens(x[i]) if i < len(x) else "(end)" for t, x in zip((a, b), ids)]
+        raise PairMismatchError(
+            "tokenizer_config.json chat_template",
+            f"a task prompt renders to {len(ids[0])} vs {len(ids[1])} tokens, first differing at token {i} "
+            f"({tok[0]!r} vs {tok[1]!r}): the models would read different inputs", names)
+
+
+def check_pair(pre: Checkpoint, post: Checkpoint, names: tuple[str, str] = ("pre-RL", "post-RL"),
+               chat: bool = False) -> None:
     """Check that ``pre`` and ``post`` can be compared and patched (same architecture and shapes,
     same tokenizer). Returns None when they can.
 
     Args:
         pre, post: the two loaded checkpoints.
         names: how the error message calls them.
+        chat: the prompts are read through the chat template (compared too).
 
     Raises:
         PairMismatchError: naming the first mismatch (architecture first, then tokenizer).
     """
     check_architecture(pre, post, names)
-    check_tokenizers(pre.tokenizer, post.tokenizer, names)
+    check_tokenizers(pre.tokenizer, post.tokenizer, names, chat=chat)

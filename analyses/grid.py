@@ -3,9 +3,9 @@
 ``GRID_DIR`` is the folder of ``python -m probes.run --grid`` (``grid.json`` and one run folder
 per pair). Writes ``figures/grid.png``: left, the behavioural decomposition of each pair's
 accuracy change (delta, selection, improvement; Shapley split, accuracy units, 95% bootstrap
-CIs); right, the mechanistic scores from cross-model patching (selection: routing recovery;
-improvement: execution recovery; fractions of the gap, 95% CIs; the dotted line is the verdict's
-recovery threshold), with each pair's verdict label. :func:`write_grid_report` writes the
+CIs); right, the recoveries from cross-model patching (the mechanistic selection and improvement
+terms over the behavioural ones; 95% CIs; the dotted line is the verdict's recovery threshold),
+with each pair's verdict label. :func:`write_grid_report` writes the
 grid's ``report.md`` and ``report.html`` (the table, this figure, each pair's verdict).
 """
 
@@ -47,7 +47,7 @@ def grid_figure(grid_dir: str | Path) -> Path:
             _bar(axes[0], i + (j - 1) * w, r["decomposition"][term], w, term if i == 0 else None, colors[term])
         for j, term in enumerate(("selection", "improvement")):
             _bar(axes[1], i + (j - 0.5) * w, r["verdict"][f"{term}_score"], w,
-                 f"{term} score" if i == 0 else None, colors[term])
+                 f"{term} recovery" if i == 0 else None, colors[term])
         axes[1].text(i, 1.02, r["verdict"]["label"], ha="center", va="bottom", fontsize=9, fontweight="bold",
                      transform=axes[1].get_xaxis_transform())
     for ax in axes:
@@ -58,8 +58,8 @@ def grid_figure(grid_dir: str | Path) -> Path:
             ax.legend(fontsize=8)
     axes[0].set_ylabel("accuracy change (fraction correct)")
     axes[0].set_title("behaviour: delta = selection + improvement", fontsize=10)
-    axes[1].set_ylabel("recovery (fraction of the gap)")
-    axes[1].set_title("patching: selection and improvement scores", fontsize=10, pad=16)
+    axes[1].set_ylabel("recovery (fraction of the behavioural term)")
+    axes[1].set_title("patching: selection and improvement recoveries", fontsize=10, pad=16)
     thresholds = set()
     for r in rows:
         try:
@@ -88,17 +88,18 @@ def write_grid_report(grid_dir: str | Path):
         def s(node):
             return "undefined" if node["value"] is None else f"{node['value']:+.2f}"
 
-        pair_lines.append(f"- `{r['sft']}` -> `{r['pair']}`: **{v['label']}** (selection score "
-                          f"{s(v['selection_score'])}, improvement score {s(v['improvement_score'])}); "
+        regs = "".join(f"; **{x}**" for x in v.get("regressions") or [])
+        pair_lines.append(f"- `{r['sft']}` -> `{r['pair']}`: **{v['label']}**{regs} (selection recovery "
+                          f"{s(v['selection_score'])}, improvement recovery {s(v['improvement_score'])}); "
                           f"report `{r['report']}`")
     sections = [
         Section("Grid", "Each row is one shipped pair (the RL checkpoint and the SFT checkpoint its card names), "
                 "run through the whole pipeline into its own folder. Behaviour: sampled accuracy at T = 1, "
                 "P(forward) at the first response token, and the Shapley decomposition of the accuracy change "
-                "with 95% bootstrap CIs. Mechanism: the verdict, the patching scores (fraction of the gap "
-                "recovered, 95% CIs) and the best strategy probe (layer, held-out balanced accuracy).\n\n"
+                "with 95% bootstrap CIs. Mechanism: the verdict with every regression, the recoveries (the "
+                "mechanistic term over the behavioural one, 95% CIs) and the best strategy probe (layer, held-out balanced accuracy).\n\n"
                 + grid_markdown(rows),
-                [Figure(str(fig.relative_to(grid_dir)), "behavioural decomposition (left) and patching scores "
+                [Figure(str(fig.relative_to(grid_dir)), "behavioural decomposition (left) and patching recoveries "
                         "(right) of every pair, 95% CIs; dotted: the verdict's recovery threshold")]),
         Section("Pairs", "\n".join(pair_lines) or "no pair has results yet"),
         Section("Methods and sources",

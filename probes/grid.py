@@ -7,7 +7,7 @@ runs the whole pipeline into its own subfolder of the grid folder (``GRID/rl-fb-
 each pair resumes on its own; the grid folder then holds the table across pairs (``grid.json``,
 ``grid.md``) and a report (``report.md``, ``report.html``) whose first section is that table: the
 paper's grid (SFT data x RL data, behavioural decomposition) with the mechanistic columns
-(the verdict, the patching scores and the best strategy probe) next to it.
+(the verdict with its regressions, the patching recoveries and the best strategy probe) next to it.
 
 Example::
 
@@ -30,7 +30,7 @@ DEFAULT_ROOT = "checkpoints/organism"
 RL_STAGES = ("grpo",)
 """Card ``stage`` values that mark an RL checkpoint (``probes.train.config.StageConfig.stage``)."""
 
-GRID_SCHEMA_VERSION = 1
+GRID_SCHEMA_VERSION = 2
 
 
 class GridError(ValueError):
@@ -122,8 +122,8 @@ def best_probe(probes: dict | None, model: str, target: str = "strategy") -> dic
 
 def grid_row(pair: Pair, results: dict) -> dict:
     """One row of the grid from a pair's ``results.json``: behaviour, decomposition (Shapley,
-    accuracy units), the verdict with its patching scores (fraction of the gap recovered) and
-    the best strategy probe of each model (held-out balanced accuracy)."""
+    accuracy units), the verdict with its regressions and its recoveries (the mechanistic term over
+    the behavioural one) and the best strategy probe of each model (held-out balanced accuracy)."""
     pooled = results["decomposition"]["pooled"]
     beh = results.get("behavior") or {}
     v = results["verdict"]
@@ -145,6 +145,7 @@ def grid_row(pair: Pair, results: dict) -> dict:
         "decomposition": {k: _value_ci(pooled, k) for k in ("delta", "selection", "improvement", "interaction")},
         "verdict": {
             "label": v["label"],
+            "regressions": [r["text"] for r in v.get("regressions") or []],
             "selection_score": {"value": v.get("selection_score"), "ci": v.get("selection_score_ci"),
                                 "reason": v.get("selection_score_undefined_reason")},
             "improvement_score": {"value": v.get("improvement_score"), "ci": v.get("improvement_score_ci"),
@@ -171,10 +172,10 @@ def _probe_cell(p: dict) -> str:
 
 
 GRID_COLUMNS = ("pair", "SFT (pre-RL)", "acc pre -> post", "P(F) eval pre -> post", "P(F) inv pre -> post",
-                "delta", "selection", "improvement", "verdict", "selection score", "improvement score",
+                "delta", "selection", "improvement", "verdict", "selection recovery", "improvement recovery",
                 "strategy probe pre", "strategy probe post")
 """The grid table's columns: behavioural (accuracy, P(forward) at the first token, the Shapley
-decomposition with 95% CIs) then mechanistic (verdict label, patching scores with 95% CIs, the
+decomposition with 95% CIs) then mechanistic (verdict label with any regression, the recoveries with 95% CIs, the
 best strategy probe's layer and held-out balanced accuracy)."""
 
 
@@ -189,7 +190,8 @@ def grid_markdown(rows: list[dict]) -> str:
             f"{_num(pf['evaluation']['pre'], '.2f')} -> {_num(pf['evaluation']['post'], '.2f')}",
             f"{_num(pf['inversion']['pre'], '.2f')} -> {_num(pf['inversion']['post'], '.2f')}",
             _with_ci(d["delta"]), _with_ci(d["selection"]), _with_ci(d["improvement"]),
-            f"**{v['label']}**", _with_ci(v["selection_score"], ".2f"), _with_ci(v["improvement_score"], ".2f"),
+            f"**{v['label']}**" + "".join(f"; {x}" for x in v.get("regressions") or []),
+            _with_ci(v["selection_score"], ".2f"), _with_ci(v["improvement_score"], ".2f"),
             _probe_cell(sp["pre"]), _probe_cell(sp["post"]),
         ]
         out.append("| " + " | ".join(cells) + " |")

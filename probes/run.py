@@ -88,13 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _weights_id(path: str) -> str:
-    """A cheap identity of a checkpoint for stage hashes: sha256 of its weight files' bytes."""
+CHECKPOINT_FILES: tuple[str, ...] = (
+    "*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+)
+"""The files of a checkpoint directory a stage reads when it loads the model and its tokenizer
+(weights, the architecture, every tokenizer file with its special tokens and chat template).
+``generation_config.json`` is not among them: generation ignores its sampling settings."""
+
+
+def checkpoint_id(path: str) -> str:
+    """The identity of a checkpoint for stage hashes: sha256 over the name and bytes of every file
+    of :data:`CHECKPOINT_FILES` it has (a Hub id or a missing directory: the string itself)."""
     from probes.runfolder import file_hash
 
     p = Path(path)
-    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
-    return stable_hash([file_hash(f) for f in files]) if files else str(path)
+    if not p.is_dir():
+        return str(path)
+    files = sorted({f for pattern in CHECKPOINT_FILES for f in p.glob(pattern) if f.is_file()})
+    return stable_hash([(f.name, file_hash(f)) for f in files]) if files else str(path)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -143,7 +155,7 @@ def resolve_config(args: argparse.Namespace):
         _error(f"error: --out {cfg.folder} is a file, not a run folder")
     _check_patching_overrides(cfg)
     if not args.grid:
-        check_checkpoints(cfg.pre_rl, cfg.post_rl)
+        check_checkpoints(cfg.pre_rl, cfg.post_rl, chat=cfg.chat)
         check_dims(cfg)
         if args.quick:
             cfg = quick_at_scale(cfg)
@@ -234,9 +246,9 @@ def _check_patching_overrides(cfg) -> None:
         _error(f"error: invalid run config field patching.{'.'.join(map(str, first['loc']))}: {first['msg']}")
 
 
-def check_checkpoints(pre: str, post: str) -> None:
+def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
     """Both are checkpoint directories of one architecture with one tokenizer (read from their
-    ``config.json`` and tokenizer files; no weights are loaded).
+    ``config.json`` and tokenizer files; no weights are loaded), and with ``chat`` one chat template.
 
     Raises:
         SystemExit: (status 2) after a one-line ``error:`` naming the checkpoint or the first mismatch.
@@ -260,33 +272,46 @@ def check_checkpoints(pre: str, post: str) -> None:
             va, vb = _config_value(ca, key), _config_value(cb, key)
             if va != vb:
                 raise PairMismatchError(f"config.{key}", f"{va!r} vs {vb!r}", ("pre-RL", "post-RL"))
-        check_tokenizers(load_tokenizer(pre), load_tokenizer(post))
+        check_tokenizers(load_tokenizer(pre), load_tokenizer(post), chat=chat)
     except PairMismatchError as e:
         _error(f"error: {e}")
     except (OSError, ValueError) as e:
         _error(f"error: cannot read the checkpoints' config or tokenizer: {str(e).splitlines()[0]}")
 
 
+READS: dict[str, tuple[str, ...]] = {
+    "behaviour": (),
+    "cache": ("behaviour",),                 # problems.jsonl
+    "probes": ("behaviour", "cache"),        # the behaviour rows (targets) and the activation stores
+    "patching": ("behaviour",),              # problems.jsonl
+    "verdict": ("behaviour", "cache", "probes", "patching"),
+}
+"""The stages whose outputs each stage reads."""
+
+
 def stage_hashes(cfg) -> dict[str, str]:
-    """Input hash of each stage: its config fields, the weights, and the stages before it."""
-    w = {"pre": _weights_id(cfg.pre_rl), "post": _weights_id(cfg.post_rl)}
+    """Input hash of each stage: every input it reads (the two checkpoints' weights, config and
+    tokenizer files, :func:`checkpoint_id`; the settings that change its numbers) and the hashes of
+    the stages whose outputs it reads (:data:`READS`). Changing an input reruns exactly the stages
+    that read it, directly or through another stage's outputs."""
+    w = {"pre": checkpoint_id(cfg.pre_rl), "post": checkpoint_id(cfg.post_rl)}
+    runs = {"dtype": cfg.dtype, "device": cfg.device, "device_map": cfg.device_map}  # how a model is run
     own = {
         "behaviour": {"w": w, "n": cfg.n_problems, "steps": cfg.steps, "samples": cfg.samples, "forced": cfg.forced,
-                      "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot},
-        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend, "dtype": cfg.dtype,
-                  "chunk": cfg.cache_chunk},
-        "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot},
-        "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype,
-                     "engine": PATCHING_ENGINE},
+                      "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot, **runs},
+        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend,
+                  "chunk": cfg.cache_chunk, **runs},
+        "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot, **runs},
+        "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend,
+                     "engine": PATCHING_ENGINE, **runs},
         "verdict": {"schema": SCHEMA_VERSION},
     }
     if cfg.chat:  # only when on, so that the hashes of plain-prompt runs made before chat existed still hold
         for s in ("behaviour", "cache", "probes", "patching"):
             own[s]["chat"] = True
-    out, prev = {}, ""
-    for s in STAGES:
-        out[s] = stable_hash({"own": own[s], "prev": prev})
-        prev = out[s]
+    out: dict[str, str] = {}
+    for s in STAGES:  # in order: every stage a stage reads comes before it
+        out[s] = stable_hash({"own": own[s], "reads": {u: out[u] for u in READS[s]}})
     return out
 
 
@@ -447,9 +472,14 @@ def write_run_report(cfg, run: RunFolder, res: dict):
         Section("Probes", "Linear probes at `prompt_end` of every layer (probes/probes.json).",
                 section_figures("probes", "strategy probe: held-out balanced accuracy per layer, pre-RL and post-RL, "
                                 "with baselines (analyses.probes)")),
-        Section("Patching", "Cross-model, counterfactual and attribution patching (patching/patching.json).",
-                section_figures("patching", "cross-model patching: routing and execution recovery per layer "
-                                "(analyses.patching)")),
+        Section("Patching", "Cross-model patching in the behaviour's units (the mechanistic decomposition: the "
+                "post-RL residual stream written into the pre-RL model, at the prompt positions for selection and at "
+                "the trace positions for improvement), then the secondary nats-based curves (routing_*, execution), "
+                "counterfactual and attribution patching (patching/patching.json). Patched problems: "
+                f"{len((res.get('problems') or {}).get('patching') or [])} of the run's "
+                f"{len((res.get('problems') or {}).get('behaviour') or [])}.",
+                section_figures("patching", "recovery of the behavioural selection and improvement terms per layer "
+                                "and hook (solid: post-RL into pre-RL; dashed: pre-RL into post-RL; analyses.patching)")),
         Section("Methods and sources",
                 "- decomposition: acc = sum_s pi(s|x) a(s|x); Shapley split; percentile bootstrap over problems\n"
                 "- probes: Hewitt and Liang 2019 (arXiv 1909.03368); Marks and Tegmark 2023 (arXiv 2310.06824); "
@@ -537,7 +567,7 @@ def run_grid(args, cfg) -> int:
     print(f"grid: {len(pairs)} pair(s) under {args.grid}: " + ", ".join(f"{p.sft} -> {p.name}" for p in pairs),
           file=sys.stderr)
     for p in pairs:
-        check_checkpoints(p.pre_rl, p.post_rl)
+        check_checkpoints(p.pre_rl, p.post_rl, chat=cfg.chat)
     rows, lines = [], []
     for p in pairs:
         pcfg = cfg.model_copy(update={"pre_rl": p.pre_rl, "post_rl": p.post_rl, "out": str(grid_dir / p.name),

@@ -205,6 +205,21 @@ class StrategyLogitDiff(Metric):
                 "tokens": {"F": self.forward_id, "B": self.backward_id}}
 
 
+def _target_plan(batch: TokenBatch, targets: Sequence[Sequence[tuple[int, int]]], kind: str) -> MetricPlan:
+    """The plan of a metric that scores ``(predicting position, target id)`` pairs per row.
+
+    Raises:
+        MetricError: the batch does not have one row per target list.
+    """
+    if len(batch) != len(targets):
+        raise MetricError(f"the metric was built for {len(targets)} inputs, the batch has {len(batch)}")
+    rows = [r for r, pairs in enumerate(targets) for _ in pairs]
+    pos = [p for pairs in targets for p, _ in pairs]
+    tgt = [t for pairs in targets for _, t in pairs]
+    index = PositionIndex.from_pairs(batch, rows, pos, labels=["target"] * len(rows))
+    return MetricPlan(index=index, n_rows=len(batch), kind=kind, targets=torch.tensor(tgt, dtype=torch.long))
+
+
 class StrategyProbs(Metric):
     """Routing metric in the behaviour's units: ``pi(s|x)``, the temperature-1 probability of each
     strategy's first response token at ``prompt_end`` (probability; ``[N, S]`` per pass, ``S`` =
@@ -310,17 +325,7 @@ class TraceLogProb(Metric):
         return out
 
     def plan(self, batch: TokenBatch) -> MetricPlan:
-        if len(batch) != len(self._targets):
-            raise MetricError(f"the metric was built for {len(self._targets)} inputs, the batch has {len(batch)}")
-        rows, pos, tgt = [], [], []
-        for r, pairs in enumerate(self._targets):
-            for p, t in pairs:
-                rows.append(r)
-                pos.append(p)
-                tgt.append(t)
-        index = PositionIndex.from_pairs(batch, rows, pos, labels=["target"] * len(rows))
-        return MetricPlan(index=index, n_rows=len(batch), kind="logprob_sum",
-                          targets=torch.tensor(tgt, dtype=torch.long))
+        return _target_plan(batch, self._targets, "logprob_sum")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "unit": self.unit, "end_token": self.eos,
@@ -407,17 +412,7 @@ class StepLogProb(Metric):
         return out
 
     def plan(self, batch: TokenBatch) -> MetricPlan:
-        if len(batch) != len(self._targets):
-            raise MetricError(f"the metric was built for {len(self._targets)} inputs, the batch has {len(batch)}")
-        rows, pos, tgt = [], [], []
-        for r, pairs in enumerate(self._targets):
-            for p, t in pairs:
-                rows.append(r)
-                pos.append(p)
-                tgt.append(t)
-        index = PositionIndex.from_pairs(batch, rows, pos, labels=["target"] * len(rows))
-        return MetricPlan(index=index, n_rows=len(batch), kind="logprob",
-                          targets=torch.tensor(tgt, dtype=torch.long))
+        return _target_plan(batch, self._targets, "logprob")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "unit": self.unit, "parts": list(self.parts),

@@ -144,7 +144,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     t0 = time.perf_counter()
     pre_ckpt = load_checkpoint(cfg.pre, dtype=cfg.dtype, device=cfg.device)
     post_ckpt = load_checkpoint(cfg.post, dtype=cfg.dtype, device=cfg.device)
-    check_pair(pre_ckpt, post_ckpt)
+    check_pair(pre_ckpt, post_ckpt, chat=cfg.chat)
     pre, post = make_backend(cfg.backend, pre_ckpt), make_backend(cfg.backend, post_ckpt)
     tok = pre_ckpt.tokenizer
     n_layers = pre.dims.n_layers

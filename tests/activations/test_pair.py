@@ -66,3 +66,21 @@ def test_the_error_names_the_models_as_asked(make_tiny_qwen2, tmp_path, ckpt):
     other = load_checkpoint(make_tiny_qwen2(tmp_path / "post", hidden_size=32))
     with pytest.raises(PairMismatchError, match="^donor and recipient checkpoints differ"):
         check_pair(ckpt, other, names=("donor", "recipient"))
+
+
+def test_a_different_chat_template_fails_when_prompts_are_read_through_it():
+    """Issue 19: the same vocabulary and tokenizer.json, but one extra empty system turn in the
+    post-RL checkpoint's template: the models would read different inputs."""
+    from activations.pair import check_tokenizers
+    from activations.synth import CHAT_TEMPLATE, synth_tokenizer
+
+    a, b = synth_tokenizer(64), synth_tokenizer(64)
+    b.chat_template = "<|im_start|> system <|im_end|> " + CHAT_TEMPLATE
+    check_tokenizers(a, b)  # plain prompts read the same ids: no error
+    with pytest.raises(PairMismatchError, match=r"chat_template.*renders to \d+ vs \d+ tokens"):
+        check_tokenizers(a, b, chat=True)
+    b.chat_template = CHAT_TEMPLATE
+    check_tokenizers(a, b, chat=True)
+    b.chat_template = None
+    with pytest.raises(PairMismatchError, match="present vs missing"):
+        check_tokenizers(a, b, chat=True)

@@ -414,3 +414,55 @@ def test_a_post_model_that_lost_execution_while_its_routing_moved_states_the_reg
     assert "REGRESSION: execution degraded: improvement -" in r.stdout
     assert "execution degraded" in v["statement"] and v["statement"].startswith(v["label"])
     assert "execution degraded" in (tmp_path / "run" / "report.md").read_text()
+
+
+STAGE_NAMES = ("behaviour", "cache", "probes", "patching", "verdict")
+
+
+@pytest.mark.parametrize("change,reruns", [
+    ("weights", STAGE_NAMES), ("config.json", STAGE_NAMES), ("tokenizer.json", STAGE_NAMES),
+    ("tokenizer_config.json", STAGE_NAMES), ("chat_template.jinja", STAGE_NAMES),
+    ("generation_config.json", ()), ("dtype", STAGE_NAMES), ("device", STAGE_NAMES), ("chat", STAGE_NAMES),
+    ("backend", ("cache", "probes", "patching", "verdict")), ("steer_n", ("probes", "verdict")),
+    ("patching", ("patching", "verdict")), ("probe_hook", ("cache", "probes", "verdict")),
+])
+def test_changing_one_input_reruns_exactly_the_stages_that_read_it(change, reruns, tmp_path):
+    from probes.run import stage_hashes
+    from probes.runconfig import RunConfig
+
+    pre, post = _tiny(tmp_path / "pre", seed=1), _tiny(tmp_path / "post", seed=2)
+    (post / "generation_config.json").write_text("{}")
+    cfg = RunConfig(pre_rl=str(pre), post_rl=str(post))
+    before = stage_hashes(cfg)
+    settings = {"dtype": {"dtype": "bfloat16"}, "device": {"device": "cuda"}, "chat": {"chat": True},
+                "backend": {"backend": "bridge"}, "steer_n": {"steer_n": 7}, "patching": {"patching": {"n_boot": 99}},
+                "probe_hook": {"probe_hook": "hook_resid_mid"}}
+    if change in settings:
+        cfg = cfg.model_copy(update=settings[change])
+    elif change == "weights":
+        f = next(post.glob("*.safetensors"))
+        f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+    else:
+        f = post / change
+        text = f.read_text() if f.exists() else ""
+        f.write_text(text + ("\n" if change.endswith(".json") else "{{ messages }}"))
+    after = stage_hashes(cfg)
+    assert {s for s in STAGE_NAMES if after[s] != before[s]} == set(reruns)
+
+
+def test_a_pair_whose_chat_templates_differ_is_refused_before_any_stage(tmp_path):
+    from activations.synth import CHAT_TEMPLATE, synth_tokenizer
+    from probes.train.config import ModelConfig
+    from probes.train.model import build_model
+
+    for name, template in (("a", CHAT_TEMPLATE), ("b", "<|im_start|> system <|im_end|> " + CHAT_TEMPLATE)):
+        tok = synth_tokenizer(64)
+        tok.chat_template = template
+        build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=0) \
+            .save_pretrained(str(tmp_path / name))
+        tok.save_pretrained(str(tmp_path / name))
+    r = _main("--quick", "--chat", "--pre-rl", tmp_path / "a", "--post-rl", tmp_path / "b", "--out", tmp_path / "run",
+              timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "chat_template" in r.stderr and "renders to" in r.stderr
+    assert not (tmp_path / "run" / "stages").exists()
