@@ -142,6 +142,93 @@ def response_token_id(tokenizer: Any, word: str, chat: bool = False) -> int:
     return int(hits[0][0])
 
 
+class EndTokenError(ValueError):
+    """No single token ends a response under this tokenizer (and chat template)."""
+
+
+@dataclass(frozen=True)
+class ResponseEnd:
+    """How a response ends in training data, the token generation must stop at.
+
+    Attributes:
+        token_id: the end token's id: the tokenizer's ``eos_token`` for plain prompts (TRL's
+            ``SFTTrainer`` appends it to each completion), the token the chat template writes after
+            an assistant turn's content with ``chat`` (Qwen2.5: ``<|im_end|>``).
+        text: what follows the response text, up to and including the end token (``"<eos>"``;
+            ``"<|im_end|>"`` for Qwen2.5; ``" <|im_end|>"`` for the word-level synth template).
+    """
+
+    token_id: int
+    text: str
+
+
+def response_end(tokenizer: Any, chat: bool = False) -> ResponseEnd:
+    """The end token SFT teaches at the end of a response (see :class:`ResponseEnd`).
+
+    With ``chat`` it is read from the chat template: a user turn and an assistant turn are
+    rendered, and the first token that starts after the assistant's content is the end token.
+
+    Raises:
+        EndTokenError: no ``eos_token`` (plain prompts), or a chat template that writes nothing
+            after an assistant turn (SFT would then teach no end, and generation would not stop).
+        ChatTemplateError: ``chat`` and the tokenizer has no chat template.
+    """
+    if not chat:
+        if getattr(tokenizer, "eos_token", None) is None or tokenizer.eos_token_id is None:
+            raise EndTokenError("the tokenizer has no eos_token, so SFT teaches no end of a response and generation "
+                                "never stops: save the tokenizer with an eos_token")
+        return ResponseEnd(int(tokenizer.eos_token_id), tokenizer.eos_token)
+    render_prompt(tokenizer, "x", True)  # raises ChatTemplateError without a template
+    content = "x = y ; ans x"  # task words, so that a word-level task tokenizer spells them
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": content}],
+                                         tokenize=False)
+    end = text.rindex(content) + len(content)
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    after = [(i, a, b) for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= end and b > a]
+    if not after:
+        raise EndTokenError("the chat template writes nothing after an assistant turn's content, so SFT on chat "
+                            "messages teaches no end token and generation would not stop: use a template that ends "
+                            "each turn with an end-of-turn token (Qwen2.5: <|im_end|>)")
+    i, _, b = after[0]
+    return ResponseEnd(int(i), text[end:b])
+
+
+def stop_token_ids(tokenizer: Any, chat: bool = False) -> list[int]:
+    """The ids generation (``probes.behavior.generate``, patched generation) and GRPO stop at: the
+    :func:`response_end` token SFT teaches, and the tokenizer's ``eos_token`` when it has one.
+
+    Raises:
+        EndTokenError: no end token (see :func:`response_end`).
+    """
+    ids = [response_end(tokenizer, chat).token_id]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """``ids`` up to (not including) the first stop id: a generated response without its end token
+    and whatever a batch generated after it."""
+    ids = [int(i) for i in ids]
+    cut = next((k for k, i in enumerate(ids) if i in set(int(x) for x in stops)), len(ids))
+    return ids[:cut]
+
+
+def check_end_token(tokenizer: Any, chat: bool, stops: Sequence[int], where: str) -> None:
+    """The end token SFT teaches is one of ``stops``, the ids ``where`` stops generating at.
+
+    Raises:
+        EndTokenError: it is not (the message names both and the fix).
+    """
+    end = response_end(tokenizer, chat)
+    if end.token_id not in list(stops):
+        names = [tokenizer.convert_ids_to_tokens(int(i)) for i in stops]
+        raise EndTokenError(
+            f"{where} stops generating at {names}, but SFT{' on chat messages' if chat else ''} teaches "
+            f"{tokenizer.convert_ids_to_tokens(end.token_id)!r} at the end of a response: a correct response would run "
+            f"on past its end and be marked wrong. Stop at activations.batch.stop_token_ids(tokenizer, chat={chat})")
+
+
 def model_text(prompt: str, response: str | None, chat: bool = False) -> str:
     """The text the model reads: the (rendered) prompt, then the separator
     (:func:`response_separator`) and the response if there is one."""

@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(args)
     from activations.load import CheckpointError
     from activations.pair import PairMismatchError
-    from activations.batch import ChatTemplateError
+    from activations.batch import ChatTemplateError, EndTokenError
     from activations.store import StoreError
     from probes.grid import GridError
 
@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.grid:
                 return run_grid(args, cfg)
             run = run_pipeline(cfg, args.stages, args.force)
-    except (GridError, CheckpointError, PairMismatchError, StoreError, ChatTemplateError) as e:
+    except (GridError, CheckpointError, PairMismatchError, StoreError, ChatTemplateError, EndTokenError) as e:
         _error(f"error: {e}")  # ChatTemplateError: --grid --chat with a pair whose tokenizer has no template
     if (run.root / "results.json").exists():
         print("\n".join(verdict_lines(run)))

@@ -24,3 +24,56 @@ def quick_run(tmp_path_factory):
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     return SimpleNamespace(out=out, stdout=r.stdout, stderr=r.stderr)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+"""Qwen2.5's ChatML turns (without its default system prompt)."""
+
+
+def qwen_like_tokenizer(eos: str = "<|endoftext|>", vocab_size: int = 330):
+    """A byte-level BPE tokenizer trained here on task text (so some task words split into several
+    tokens, as in Qwen's), with Qwen's special tokens and a ChatML chat template; ``eos`` is its
+    ``eos_token`` (Qwen2.5-Instruct: ``<|im_end|>``; the base model: ``<|endoftext|>``)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from probes.task.problems import random_problem
+    from probes.task.traces import make_trace
+
+    rng = random.Random(0)
+    texts = []
+    for i in range(300):
+        p = random_problem(rng, (11, 13)[i % 2], ("evaluation", "inversion")[i // 2 % 2], 1 + i % 4)
+        texts += [p.prompt + " " + make_trace(p, s) for s in ("forward", "backward")]  # responses after a space
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                                        "<|im_end|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, pad_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = CHATML
+    return fast
+
+
+def without_merges(tok, word: str):
+    """A copy of a byte-level BPE ``tok`` that spells ``" " + word`` byte by byte (every merge that
+    builds a piece of it is dropped; other words keep their tokens)."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    target = "Ġ" + word
+    pieces = {target[i:j] for i in range(len(target)) for j in range(i + 2, len(target) + 1)}
+    merges = spec["model"]["merges"]
+    spec["model"]["merges"] = [m for m in merges if "".join(m.split(" ") if isinstance(m, str) else m) not in pieces]
+    out = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), eos_token=tok.eos_token,
+                                  pad_token=tok.pad_token, clean_up_tokenization_spaces=False)
+    out.chat_template = tok.chat_template
+    return out

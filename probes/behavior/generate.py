@@ -10,7 +10,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from activations.batch import render_prompt, response_separator, response_token_id
+from activations.batch import cut_at_stop, render_prompt, response_separator, response_token_id, stop_token_ids
 
 
 def max_trace_words(steps: int) -> int:
@@ -66,10 +66,14 @@ def generate(
             generation prompt directly instead of after a space.
 
     Returns:
-        ``N`` response strings (special tokens removed).
+        ``N`` response strings, each up to its end token (special tokens removed).
+
+    Generation stops at :func:`activations.batch.stop_token_ids` (the end token SFT teaches and
+    the ``eos_token``).
 
     Raises:
         activations.batch.ChatTemplateError: ``chat`` and the tokenizer has no chat template.
+        activations.batch.EndTokenError: no token ends a response.
     """
     import torch
 
@@ -78,6 +82,7 @@ def generate(
     tokenizer.padding_side = "left"
     out: list[str] = []
     sep = response_separator(chat)
+    stops = stop_token_ids(tokenizer, chat)
     inputs = [render_prompt(tokenizer, p, chat) + (sep + prefix if prefix else "") for p in prompts]
     try:
         batches = range(0, len(inputs), batch_size)
@@ -92,10 +97,11 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     repetition_penalty=1.0,  # a checkpoint's generation_config (Qwen: 1.1) must not reshape the policy
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stops,  # the end SFT taught (the chat turn's end with chat) and eos
                     **kw,
                 )
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts = tokenizer.batch_decode([cut_at_stop(g, stops) for g in gen[:, enc["input_ids"].shape[1]:].tolist()],
+                                           skip_special_tokens=True)
             out += [((prefix + " ") if prefix else "") + t.strip() for t in texts]
     finally:
         tokenizer.padding_side = old_side

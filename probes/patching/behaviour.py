@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from activations.batch import TokenBatch, encode_batch
+from activations.batch import TokenBatch, cut_at_stop, encode_batch, stop_token_ids
 from activations.positions import PositionIndex
 from probes.patching.bootstrap import mean_ci
 from probes.patching.cells import Cell
@@ -84,7 +84,7 @@ def patched_generate(
 
     Args:
         recipient, donor: backends (``donor`` may be None when ``sites`` is empty).
-        tokenizer: the shared tokenizer (its ``eos_token_id`` ends a response).
+        tokenizer: the shared tokenizer (:func:`activations.batch.stop_token_ids` end a response).
         prompts: ``N`` prompts.
         sites: canonical site names to hold (e.g. ``["blocks.3.hook_resid_post"]``).
         positions: one of :data:`HELD_POSITIONS`.
@@ -105,7 +105,8 @@ def patched_generate(
         raise ValueError(f"unknown held positions {positions!r}: use one of {list(HELD_POSITIONS)}")
     if sites and donor is None:
         raise ValueError("patched generation with sites needs a donor backend")
-    eos = tokenizer.eos_token_id
+    stops = torch.tensor(stop_token_ids(tokenizer, chat))  # the end SFT taught, and eos
+    eos = int(stops[0])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     out: list[str] = []
     ids_out: list[list[int]] = []
@@ -137,12 +138,12 @@ def patched_generate(
                 for b in range(len(batch)):
                     if not done[b]:
                         gen[b].append(int(nxt[b]))
-                done |= nxt == eos
+                done |= torch.isin(nxt, stops)
                 bar.update(len(batch))
                 if bool(done.all()):
                     break
                 batch = extend_batch(batch, nxt)
-            out += [tokenizer.decode(g, skip_special_tokens=True).strip() for g in gen]
+            out += [tokenizer.decode(cut_at_stop(g, stops.tolist()), skip_special_tokens=True).strip() for g in gen]
             ids_out += gen
     finally:
         bar.close()

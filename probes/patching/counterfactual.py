@@ -17,8 +17,9 @@ as the normalised logit difference (:mod:`probes.patching.recovery`, with recipi
 donor = clean, in both modes): ``0`` = the corrupt run, ``1`` = the clean run. Denoising cells
 near 1 and noising cells near 0 are where the problem type is carried to the strategy decision.
 
-All problems of one heatmap must have prompts of the same token length (sample them with one
-number of steps), so that position ``p`` is the same word role in every prompt.
+The pairs of one heatmap share one position layout (:func:`pair_inputs`: every word takes the
+same number of tokens in every prompt, in the clean prompt and in its twin), so that position ``p``
+is the same word role in every row; pairs that do not are skipped and counted, never fatal.
 
 Example::
 
@@ -48,19 +49,23 @@ MODES: tuple[str, ...] = ("denoising", "noising")
 
 
 class PairError(ValueError):
-    """Counterfactual pairs that do not align (different token lengths); the message says why."""
+    """No counterfactual pair that aligns word by word; the message gives the reasons."""
 
 
 @dataclass
 class PairInputs:
-    """The clean and corrupt batches of a set of pairs, and their position labels.
+    """The clean and corrupt batches of a set of aligned pairs, and their position labels.
 
     Attributes:
         clean, corrupt: ``N`` prompts each, aligned row by row and position by position.
         n_positions: tokens per prompt (``T``).
-        position_labels: ``T`` labels, the clean token, or ``"clean/corrupt"`` of the first pair
-            where the two differ.
+        position_labels: ``T`` labels, the clean token, or ``"clean/corrupt"`` where the first pair
+            differs (every pair has the same word at each position).
         groups: ``N`` problem ids.
+        problems: the ``N`` problems used.
+        chat: the prompts are rendered in the chat template.
+        requested: the problems asked for.
+        skipped: ``{reason: count}`` of the pairs left out (see :func:`pair_inputs`).
     """
 
     clean: TokenBatch
@@ -68,32 +73,86 @@ class PairInputs:
     n_positions: int
     position_labels: list[str]
     groups: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    chat: bool = False
+    requested: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"requested", "used", "skipped": {reason: count}, "n_positions"}`` (for results)."""
+        return {"requested": self.requested, "used": len(self.groups), "skipped": dict(self.skipped),
+                "n_positions": self.n_positions}
+
+
+SKIP_LENGTH = "the clean prompt and its twin have different token lengths"
+SKIP_WORDS = "a token of the clean prompt and its twin's token at the same position belong to different words"
+SKIP_LAYOUT = "its words take other numbers of tokens than the heatmap's pairs (another position layout)"
+
+
+def _word_of_tokens(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int], list[int | None]]:
+    """``(ids, word)``: the ids of the rendered prompt and, per token, the index of the task-prompt
+    word its first character lies in (None for the chat template's own tokens)."""
+    from activations.batch import render_prompt
+    from probes.task.traces import word_char_offsets
+
+    text = render_prompt(tokenizer, prompt, chat)
+    base = text.rindex(prompt)
+    spans = [(a + base, b + base) for a, b in word_char_offsets(prompt)]
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not chat)
+    words: list[int | None] = []
+    for a, b in enc["offset_mapping"]:
+        a = a if b > a else -1
+        hit = next((w for w, (s0, e0) in enumerate(spans) if s0 <= a < e0 or (a < s0 < b)), None)
+        words.append(hit)
+    return list(enc["input_ids"]), words
 
 
 def pair_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = False) -> PairInputs:
-    """Encode the clean prompts of ``problems`` and their twins (in the chat template with ``chat``).
+    """Encode the clean prompts of ``problems`` and their twins (in the chat template with ``chat``),
+    keeping the pairs that align word by word.
+
+    A pair is aligned when the two prompts have the same token length and every position holds a
+    token of the same word in both (the differing words, the type word and the variable names, take
+    the same number of tokens). The heatmap needs one position layout: among aligned pairs, those
+    whose words take the most common numbers of tokens are kept, so that position ``p`` is the same
+    word in every row (with a byte-level BPE tokenizer, numerals differ in length). The rest are
+    skipped and counted by reason (:attr:`PairInputs.skipped`); no pair raises.
 
     Raises:
-        PairError: prompts of different token lengths (across problems or within a pair).
-        ValueError: no problems.
+        PairError: no problems, or no pair survives (the message gives the reasons and counts).
     """
     if not problems:
-        raise ValueError("counterfactual patching needs at least one problem")
-    keys = [p.id for p in problems]
-    clean = encode_batch(tokenizer, [p.prompt for p in problems], keys=keys, chat=chat)
-    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in problems], keys=[p.twin().id for p in problems],
-                           chat=chat)
-    lens = set(clean.lengths.tolist()) | set(corrupt.lengths.tolist())
-    if len(lens) != 1:
-        raise PairError(
-            f"counterfactual heatmaps need prompts of one token length, got lengths {sorted(lens)}: "
-            "sample the problems with a single number of steps"
-        )
-    t = lens.pop()
+        raise PairError("counterfactual patching needs at least one problem")
+    skipped: dict[str, int] = {}
+    kept: list[tuple[Problem, tuple]] = []
+    for p in problems:
+        ci, cw = _word_of_tokens(tokenizer, p.prompt, chat)
+        ti, tw = _word_of_tokens(tokenizer, p.twin().prompt, chat)
+        reason = SKIP_LENGTH if len(ci) != len(ti) else SKIP_WORDS if cw != tw else None
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        kept.append((p, tuple(cw)))
+    if kept:
+        layouts = [k for _, k in kept]
+        best = max(layouts, key=lambda k: (layouts.count(k), -layouts.index(k)))
+        n_other = sum(k != best for k in layouts)
+        if n_other:
+            skipped[SKIP_LAYOUT] = n_other
+        kept = [(p, k) for p, k in kept if k == best]
+    if not kept:
+        raise PairError("no counterfactual pair aligns word by word: " + "; ".join(f"{n} x {r}" for r, n in
+                                                                                   skipped.items()))
+    used = [p for p, _ in kept]
+    keys = [p.id for p in used]
+    clean = encode_batch(tokenizer, [p.prompt for p in used], keys=keys, chat=chat)
+    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in used], keys=[p.twin().id for p in used], chat=chat)
+    t = int(clean.lengths[0])
     a = tokenizer.convert_ids_to_tokens(clean.input_ids[0].tolist())
     b = tokenizer.convert_ids_to_tokens(corrupt.input_ids[0].tolist())
     labels = [x if x == y else f"{x}/{y}" for x, y in zip(a, b)]
-    return PairInputs(clean=clean, corrupt=corrupt, n_positions=t, position_labels=labels, groups=keys)
+    return PairInputs(clean=clean, corrupt=corrupt, n_positions=t, position_labels=labels, groups=keys,
+                      problems=used, chat=chat, requested=len(problems), skipped=skipped)
 
 
 @dataclass
@@ -191,7 +250,8 @@ def counterfactual_patching(
     Args:
         backend: the model's backend.
         tokenizer: its tokenizer.
-        problems: the clean problems (their twins are the corrupt inputs); one prompt length.
+        problems: the clean problems (their twins are the corrupt inputs); those that do not align
+            word by word are skipped (:func:`pair_inputs`).
         hooks: block hooks to sweep (``hook_resid_pre``, ``hook_attn_out``, ``hook_mlp_out``...).
         mode: ``"denoising"`` (patch clean into corrupt) or ``"noising"`` (corrupt into clean).
         pairs: :func:`pair_inputs` of the problems when the caller has them already.
@@ -200,12 +260,12 @@ def counterfactual_patching(
 
     Raises:
         ValueError: an unknown mode.
-        PairError: prompts of different lengths.
+        PairError: no pair aligns.
     """
     if mode not in MODES:
         raise ValueError(f"unknown counterfactual mode {mode!r}: use one of {list(MODES)}")
     pairs = pairs or pair_inputs(tokenizer, problems, chat=chat)
-    metric = StrategyLogitDiff(tokenizer, chat=chat)
+    metric = StrategyLogitDiff(tokenizer, chat=pairs.chat)
     n_layers = backend.dims.n_layers
     cells = grid_cells(hooks, n_layers, pairs.n_positions)
     sites = sorted({s for c in cells for s in c.sites})

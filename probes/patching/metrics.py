@@ -45,8 +45,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from activations.batch import (PositionError, TokenBatch, model_text, render_prompt, response_separator,
-                               response_token_id)
+from activations.batch import (EndTokenError, PositionError, TokenBatch, model_text, render_prompt, response_end,
+                               response_separator, response_token_id)
 from activations.positions import PositionIndex
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, step_positions, word_char_offsets
 
@@ -266,20 +266,20 @@ class TraceLogProb(Metric):
     (:mod:`probes.behavior.exact`).
 
     Every token after the strategy word's token is a target, scored at the token before it; the
-    strategy word itself is forced, not scored. The end token is the tokenizer's ``eos_token``,
-    the token generation stops at (:func:`probes.behavior.generate.generate`).
+    strategy word itself is forced, not scored. The end token is the one SFT teaches and
+    generation stops at (:func:`activations.batch.response_end`: the ``eos_token`` for plain
+    prompts, the chat template's end of an assistant turn with ``chat``).
 
     Args:
-        tokenizer: the checkpoints' fast tokenizer (offsets are needed); it must have an
-            ``eos_token``.
+        tokenizer: the checkpoints' fast tokenizer (offsets are needed) with an end token.
         prompts: the task prompts (plain text), one per batch row.
         responses: the canonical responses (plain text, starting with the strategy word), without
-            the end token (it is appended here: :meth:`response_texts`).
+            the end token (it is appended here, as SFT data writes it: :meth:`response_texts`).
         chat: the prompts are rendered in the chat template.
 
     Raises:
-        MetricError: no end token, a response whose first word shares a token with the rest, or
-            an input that does not end in the end token.
+        MetricError: no end token (:class:`activations.batch.EndTokenError`), a response whose first
+            word shares a token with the rest, or an input that does not end in the end token.
     """
 
     name = "trace_logprob"
@@ -288,19 +288,20 @@ class TraceLogProb(Metric):
     def __init__(self, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], chat: bool = False):
         if len(prompts) != len(responses):
             raise MetricError(f"{len(prompts)} prompts but {len(responses)} responses")
-        if not getattr(tokenizer, "eos_token", None) or tokenizer.eos_token_id is None:
-            raise MetricError("the tokenizer has no eos_token: the exact forced accuracy scores the end of the "
-                              "response; save the checkpoint's tokenizer with its eos_token")
+        try:
+            end = response_end(tokenizer, chat)
+        except EndTokenError as e:
+            raise MetricError(f"the exact forced accuracy scores the end of the response: {e}") from None
         self.tokenizer = tokenizer
         self.chat = chat
-        self.eos = tokenizer.eos_token
-        self.eos_id = int(tokenizer.eos_token_id)
+        self.eos = end.text
+        self.eos_id = end.token_id
         self.prompts = list(prompts)
         self.responses = list(responses)
         self._targets = [self._row_targets(p, r) for p, r in zip(self.prompts, self.responses)]
 
     def response_texts(self) -> list[str]:
-        """The teacher-forced responses: each canonical response with the end token appended."""
+        """The teacher-forced responses: each canonical response followed by its end (``" <|im_end|>"``...)."""
         return [r + self.eos for r in self.responses]
 
     def _row_targets(self, prompt: str, response: str) -> list[tuple[int, int]]:

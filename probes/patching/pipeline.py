@@ -53,7 +53,7 @@ from probes.patching.bootstrap import mean_ci
 from probes.patching.cells import layer_cells
 from probes.patching.cmap import CurveResult
 from probes.patching.config import PatchingConfig
-from probes.patching.counterfactual import MODES, counterfactual_patching, pair_inputs
+from probes.patching.counterfactual import MODES, PairError, counterfactual_patching, pair_inputs
 from probes.patching.donor import Donor
 from probes.patching.figures import (plot_attribution, plot_behaviour, plot_heatmap, plot_recovery_curves,
                                      plot_term_curves)
@@ -212,8 +212,17 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     counterfactual: dict[str, Any] = {}
     attribution: dict[str, Any] = {}
     cf_problems = counterfactual_problems(problems, cfg.counterfactual_n, cfg.counterfactual_steps)
+    pairs, cf_pairs = None, {"requested": len(cf_problems), "used": 0, "skipped": {}}
     if cf_problems:
-        pairs = pair_inputs(tok, cf_problems, chat=cfg.chat)
+        try:
+            pairs = pair_inputs(tok, cf_problems, chat=cfg.chat)
+            cf_pairs = pairs.summary()
+            cf_problems = pairs.problems
+        except PairError as e:  # no pair aligns under this tokenizer: the heatmaps are skipped, the stage goes on
+            log.warning("counterfactual patching skipped: %s", e)
+            cf_pairs["skipped_because"] = str(e)
+            cf_problems = []
+    if pairs is not None:
         for name, backend in (("pre", pre), ("post", post)):
             counterfactual[name] = {}
             maps = {}
@@ -259,6 +268,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         "settings": cfg.model_dump(),
         "models": {"pre": pre_ckpt.describe(), "post": post_ckpt.describe(), "tokenizer_sha256": pre_ckpt.tokenizer_hash},
         "problems": {"cmap": [p.id for p in problems], "counterfactual": [p.id for p in cf_problems]},
+        "counterfactual_pairs": cf_pairs,
         "behaviour_terms": beh_terms,
         "mechanistic": mech,
         "per_problem": _per_problem(den, problems),

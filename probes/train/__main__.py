@@ -29,14 +29,22 @@ from probes.train.config import GridConfig, TrainConfig, load_config
 
 
 def _run_stage(cfg: TrainConfig, force: bool) -> None:
-    if cfg.stage == "sft":
-        from probes.train.sft import run_sft
+    """Run one stage; a tokenizer without an end token SFT can teach and generation stop at is one
+    ``error:`` line and exit status 2 (:class:`activations.batch.EndTokenError`)."""
+    from activations.batch import EndTokenError
 
-        run_sft(cfg, force=force)
-    else:
-        from probes.train.grpo import run_grpo
+    try:
+        if cfg.stage == "sft":
+            from probes.train.sft import run_sft
 
-        run_grpo(cfg, force=force)
+            run_sft(cfg, force=force)
+        else:
+            from probes.train.grpo import run_grpo
+
+            run_grpo(cfg, force=force)
+    except EndTokenError as e:
+        print(f"error: {cfg.name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _stage_needs(stages: list[tuple[Path, TrainConfig]]) -> dict[str, str | None]:

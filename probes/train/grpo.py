@@ -27,6 +27,7 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from activations.batch import check_end_token, stop_token_ids
     from probes.train.sft import load_tokenizer_and_model
 
     out = Path(cfg.out)
@@ -36,6 +37,12 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
     if cfg.optim.threads:
         torch.set_num_threads(cfg.optim.threads)
     tok, model = load_tokenizer_and_model(cfg)
+    # TRL stops at the tokenizer's eos and model.generation_config.eos_token_id: add the end token SFT
+    # taught (with chat, the template's end of an assistant turn), else a correct trace runs on past it
+    stops = stop_token_ids(tok, cfg.data.chat)
+    have = model.generation_config.eos_token_id
+    have = [] if have is None else [have] if isinstance(have, int) else list(have)
+    model.generation_config.eos_token_id = have + [i for i in stops if i not in have]
     rows = grpo_rows(cfg.data)
     g = cfg.grpo
     needed = completion_budget(rows, tok)
@@ -65,6 +72,7 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
     )
+    check_end_token(tok, cfg.data.chat, trainer.eos_token_ids, f"{cfg.name}: GRPO (TRL GRPOTrainer)")
     resume = last_checkpoint(work)
     if resume:
         log.info("resuming %s from %s", cfg.name, resume)

@@ -47,6 +47,8 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from activations.batch import response_end
+
     out = Path(cfg.out)
     if is_finished(out) and not force:
         log.info("%s is already trained (card.json present); skipping", out)
@@ -54,6 +56,7 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
     if cfg.optim.threads:
         torch.set_num_threads(cfg.optim.threads)
     tok, model = load_tokenizer_and_model(cfg)
+    response_end(tok, cfg.data.chat)  # the end of a response SFT teaches must exist (EndTokenError otherwise)
     rows = sft_rows(cfg.data)
     dhash = data_hash(rows)
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
