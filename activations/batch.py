@@ -113,6 +113,28 @@ def render_prompt(tokenizer: Any, prompt: str, chat: bool = False) -> str:
                                          add_generation_prompt=True)
 
 
+def tokenize(tokenizer: Any, texts: Any, chat: bool = False, **kwargs: Any) -> Any:
+    """The one way model-input text becomes token ids, on every path (behaviour, generation, the
+    cache, probes and steering, patching, and the training data's check in the tests).
+
+    ``texts`` are already rendered (:func:`render_prompt`, plus :func:`response_separator` and a
+    response where there is one). Plain text gets the tokenizer's own special tokens (a BOS for
+    tokenizers that prepend one; none for Qwen's or the task's), as TRL's ``SFTTrainer`` and
+    ``GRPOTrainer`` tokenize plain prompts; with ``chat`` the template has written them, so none are
+    added (as ``apply_chat_template(tokenize=True)``).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        texts: one text or a list of texts.
+        chat: the texts were rendered in the chat template.
+        **kwargs: passed on (``return_offsets_mapping``, ``padding``, ``return_tensors``...).
+
+    Returns:
+        The tokenizer's ``BatchEncoding``.
+    """
+    return tokenizer(texts, add_special_tokens=not chat, **kwargs)
+
+
 def response_separator(chat: bool = False) -> str:
     """What joins a (rendered) prompt and its response: a space for plain prompts, nothing after a
     chat template's generation prompt."""
@@ -183,7 +205,7 @@ def response_end(tokenizer: Any, chat: bool = False) -> ResponseEnd:
     text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": content}],
                                          tokenize=False)
     end = text.rindex(content) + len(content)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    enc = tokenize(tokenizer, text, True, return_offsets_mapping=True)
     after = [(i, a, b) for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= end and b > a]
     if not after:
         raise EndTokenError("the chat template writes nothing after an assistant turn's content, so SFT on chat "
@@ -310,7 +332,7 @@ def encode_batch(
     texts = [model_text(p, r, chat) for p, r in zip(prompts, responses)]
     # a chat template writes its own special tokens (a BOS, if the model has one); plain prompts get
     # the tokenizer's defaults (none for Qwen and the task tokenizer)
-    enc = tokenizer(texts, return_offsets_mapping=True, padding=False, truncation=False, add_special_tokens=not chat)
+    enc = tokenize(tokenizer, texts, chat, return_offsets_mapping=True, padding=False, truncation=False)
     ids_list: list[list[int]] = enc["input_ids"]
     lengths = [len(x) for x in ids_list]
     width = max(lengths)

@@ -137,7 +137,7 @@ def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "po
         PairMismatchError: the rendered ids differ (the message gives both lengths and the first
             differing token), or only one tokenizer has a chat template.
     """
-    from activations.batch import render_prompt
+    from activations.batch import render_prompt, tokenize
 
     has = [bool(getattr(t, "chat_template", None)) for t in (a, b)]
     if has[0] != has[1]:
@@ -145,7 +145,7 @@ def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "po
                                 f"{'present' if has[0] else 'missing'} vs {'present' if has[1] else 'missing'}", names)
     if not has[0]:
         return
-    ids = [t(render_prompt(t, PROBE_PROMPT, True), add_special_tokens=False)["input_ids"] for t in (a, b)]
+    ids = [tokenize(t, render_prompt(t, PROBE_PROMPT, True), True)["input_ids"] for t in (a, b)]
     if ids[0] != ids[1]:
         i = next((k for k, (x, y) in enumerate(zip(*ids)) if x != y), min(map(len, ids)))
         tok = [t.convert_ids_to_tokens(x[i]) if i < len(x) else "(end)" for t, x in zip((a, b), ids)]

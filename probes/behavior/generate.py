@@ -10,7 +10,8 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from activations.batch import cut_at_stop, render_prompt, response_separator, response_token_id, stop_token_ids
+from activations.batch import (cut_at_stop, render_prompt, response_separator, response_token_id, stop_token_ids,
+                               tokenize)
 
 
 def max_trace_words(steps: int) -> int:
@@ -88,7 +89,7 @@ def generate(
         batches = range(0, len(inputs), batch_size)
         for bi, start in enumerate(tqdm(batches, desc=desc, disable=desc is None, leave=False)):
             chunk = inputs[start : start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tokenize(tokenizer, chunk, chat, return_tensors="pt", padding=True).to(device)
             torch.manual_seed(seed + bi)
             kw = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=None, top_p=None)
             with torch.no_grad():
@@ -130,8 +131,7 @@ def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int 
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = [render_prompt(tokenizer, p, chat) for p in prompts[start : start + batch_size]]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            enc = tokenize(tokenizer, chunk, chat, return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
                 logits = model(**enc).logits[:, -1, :].float()
             p = logits.softmax(-1)

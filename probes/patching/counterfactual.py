@@ -92,13 +92,13 @@ SKIP_LAYOUT = "its words take other numbers of tokens than the heatmap's pairs (
 def _word_of_tokens(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int], list[int | None]]:
     """``(ids, word)``: the ids of the rendered prompt and, per token, the index of the task-prompt
     word its first character lies in (None for the chat template's own tokens)."""
-    from activations.batch import render_prompt
+    from activations.batch import render_prompt, tokenize
     from probes.task.traces import word_char_offsets
 
     text = render_prompt(tokenizer, prompt, chat)
     base = text.rindex(prompt)
     spans = [(a + base, b + base) for a, b in word_char_offsets(prompt)]
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not chat)
+    enc = tokenize(tokenizer, text, chat, return_offsets_mapping=True)
     words: list[int | None] = []
     for a, b in enc["offset_mapping"]:
         a = a if b > a else -1

@@ -46,7 +46,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from activations.batch import (EndTokenError, PositionError, TokenBatch, model_text, render_prompt, response_end,
-                               response_separator, response_token_id)
+                               response_separator, response_token_id, tokenize)
 from activations.positions import PositionIndex
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, step_positions, word_char_offsets
 
@@ -307,7 +307,7 @@ class TraceLogProb(Metric):
     def _row_targets(self, prompt: str, response: str) -> list[tuple[int, int]]:
         rendered = render_prompt(self.tokenizer, prompt, self.chat)
         text = model_text(rendered, response + self.eos, self.chat)
-        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=not self.chat)
+        enc = tokenize(self.tokenizer, text, self.chat, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         base = len(rendered) + len(response_separator(self.chat))
         first = response.split()[0] if response.split() else ""
@@ -399,7 +399,7 @@ class StepLogProb(Metric):
             raise MetricError(f"{prompt!r}: the execution metric needs a teacher-forced response")
         prompt = render_prompt(self.tokenizer, prompt, self.chat)
         text = model_text(prompt, response, self.chat)
-        enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        enc = tokenize(self.tokenizer, text, self.chat, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         base = len(prompt) + len(response_separator(self.chat))
         words = word_char_offsets(response)

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from activations.batch import render_prompt, response_token_id
+from activations.batch import cut_at_stop, render_prompt, response_token_id, stop_token_ids, tokenize
 from probes.probing.metrics import bootstrap_mean_ci
 from probes.task.traces import STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, first_token_strategy, label
@@ -112,11 +112,11 @@ def add_at_prompt_end(model, site: str, vector: torch.Tensor | np.ndarray):
         handle.remove()
 
 
-def _encode(tokenizer, prompts, device):
+def _encode(tokenizer, prompts, device, chat: bool = False):
     old = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        return tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        return tokenize(tokenizer, list(prompts), chat, return_tensors="pt", padding=True).to(device)
     finally:
         tokenizer.padding_side = old
 
@@ -134,7 +134,7 @@ def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vec
     pf, ld = [], []
     with add_at_prompt_end(model, site, vector) as adder:
         for s in range(0, len(prompts), batch_size):
-            enc = _encode(tokenizer, prompts[s:s + batch_size], device)
+            enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
             adder.prompt_len = enc["input_ids"].shape[1]
             logits = model(**enc).logits[:, -1].float()
             pf.append(logits.softmax(-1)[:, f_id].cpu().numpy())
@@ -144,18 +144,22 @@ def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vec
 
 @torch.no_grad()
 def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector, max_new_tokens: int = 64,
-                     batch_size: int = 64) -> list[str]:
+                     batch_size: int = 64, chat: bool = False) -> list[str]:
     """Greedy responses with ``vector`` added at the prompt end of ``site`` (held during the
-    whole generation; the prompt's cached keys and values carry it)."""
+    whole generation; the prompt's cached keys and values carry it). ``prompts`` are model inputs
+    (rendered in the chat template with ``chat``); each response ends at its end token
+    (:func:`activations.batch.stop_token_ids`)."""
     device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer, chat)
     out: list[str] = []
     with add_at_prompt_end(model, site, vector) as adder:
         for s in range(0, len(prompts), batch_size):
-            enc = _encode(tokenizer, prompts[s:s + batch_size], device)
+            enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
             adder.prompt_len = enc["input_ids"].shape[1]
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
+            texts = tokenizer.batch_decode([cut_at_stop(g, stops) for g in gen[:, enc["input_ids"].shape[1]:].tolist()],
+                                           skip_special_tokens=True)
             out += [t.strip() for t in texts]
     return out
 
@@ -212,7 +216,7 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
             if a == 0.0:
                 base_pf = float(pf.mean())
             if generate:
-                texts = steered_generate(model, tokenizer, prompts, site, v, max_new_tokens, batch_size)
+                texts = steered_generate(model, tokenizer, prompts, site, v, max_new_tokens, batch_size, chat=chat)
                 labs = [label(t) for t in texts]
                 firsts = [first_token_strategy(t) for t in texts]
                 res["generated"].append({s: labs.count(s) / len(labs) for s in ("forward", "backward", UNPARSEABLE)})
