@@ -425,6 +425,58 @@ def load_tokenizer(source: str, revision: str | None = None) -> Any:
     return AutoTokenizer.from_pretrained(source, trust_remote_code=False, revision=revision)
 
 
+CHECKPOINT_JSON = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "generation_config.json", "model.safetensors.index.json")
+"""The JSON files of a checkpoint directory that :func:`check_checkpoint_files` parses when present."""
+
+
+def check_checkpoint_files(directory: str | os.PathLike) -> None:
+    """Refuse a checkpoint directory with a truncated or corrupt file, before anything reads it.
+
+    Every JSON file of :data:`CHECKPOINT_JSON` present must parse; every ``*.safetensors`` file
+    must hold a whole header and exactly the tensor bytes its header describes (a copy cut short
+    fails here); a sharded index must name shards that exist. The tensor bytes themselves are not
+    hashed: a checkpoint carries no checksums to compare them with.
+
+    Raises:
+        CheckpointError: naming the file, what is wrong and the fix.
+    """
+    d = Path(directory)
+    fix = "re-save the checkpoint (save_pretrained) or copy it again"
+    for name in CHECKPOINT_JSON:
+        f = d / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{f} is corrupt or truncated (not valid JSON: {e}); {fix}") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{f} is corrupt (a JSON {type(data).__name__}, not an object); {fix}")
+        if name == "model.safetensors.index.json":
+            for shard in sorted(set((data.get("weight_map") or {}).values())):
+                if not (d / shard).is_file():
+                    raise CheckpointError(f"{f} names the shard {shard}, which is missing; {fix}")
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 0 or 8 + n > size:
+                raise CheckpointError(f"{f} is truncated: {size} bytes do not hold its safetensors header; {fix}")
+            try:
+                header = json.loads(fh.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{f} is corrupt: its safetensors header is not valid JSON ({e}); {fix}") from None
+        ends = [int(v["data_offsets"][1]) for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+        want, have = max(ends, default=0), size - 8 - n
+        if have != want:
+            what = "truncated" if have < want else "corrupt"
+            raise CheckpointError(f"{f} is {what}: its header describes {want} bytes of tensors, the file holds "
+                                  f"{have}; {fix}")
+
+
 def load_checkpoint(
     source: str | os.PathLike,
     *,
@@ -462,7 +514,8 @@ def load_checkpoint(
             NDIF (raised within :data:`NDIF_TIMEOUT_S` seconds).
         CheckpointError: the source is neither a checkpoint directory nor a Hub id that can be
             fetched (offline with ``HF_HUB_OFFLINE=1`` and not in the cache), the directory has no
-            ``config.json``, the tokenizer is missing or slow, or it does not fit the model; a
+            ``config.json``, a file is truncated or corrupt (:func:`check_checkpoint_files`), the
+            tokenizer is missing or slow, or it does not fit the model; a
             ``device_map`` without accelerate installed; ``remote`` where NDIF is reachable (the
             backends do not send traces to NDIF yet, so nothing would run there).
         ValueError: an unknown dtype or device map.
@@ -487,6 +540,7 @@ def load_checkpoint(
                 f"{src} is a directory but has no config.json: point --model at a Hugging Face "
                 "checkpoint directory (save_pretrained output)"
             )
+        check_checkpoint_files(src)
     elif src.startswith(("/", "./", "../", "~")) or src.count("/") > 1:
         raise CheckpointError(
             f"no checkpoint directory at {src} (and it is not a Hub id of the form owner/name)"

@@ -253,6 +253,7 @@ def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
     Raises:
         SystemExit: (status 2) after a one-line ``error:`` naming the checkpoint or the first mismatch.
     """
+    from activations.load import CheckpointError, check_checkpoint_files
     from activations.pair import ARCHITECTURE_FIELDS, PairMismatchError, _config_value, check_tokenizers
 
     for role, p in (("--pre-rl", pre), ("--post-rl", post)):
@@ -260,6 +261,10 @@ def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
             _error(f"error: {role} {p} is not a checkpoint directory (no config.json); "
                              "train the organism (python -m probes.train grid --config configs/organism/grid.yaml) "
                              "or point at a checkpoint")
+        try:
+            check_checkpoint_files(p)
+        except CheckpointError as e:
+            _error(f"error: {role}: {e}")
     from transformers import AutoConfig
 
     from activations.load import load_tokenizer
@@ -275,8 +280,9 @@ def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
         check_tokenizers(load_tokenizer(pre), load_tokenizer(post), chat=chat)
     except PairMismatchError as e:
         _error(f"error: {e}")
-    except (OSError, ValueError) as e:
-        _error(f"error: cannot read the checkpoints' config or tokenizer: {str(e).splitlines()[0]}")
+    except Exception as e:  # noqa: BLE001 - a tokenizer file transformers cannot parse raises anything
+        _error(f"error: cannot read the checkpoints' config or tokenizer ({type(e).__name__}): "
+               f"{(str(e).splitlines() or [''])[0]}")
 
 
 READS: dict[str, tuple[str, ...]] = {
@@ -599,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     from activations.batch import ChatTemplateError, EndTokenError
     from activations.store import StoreError
     from probes.grid import GridError
+    from probes.runfolder import RunFolderError
 
     from activations.load import load_options
 
@@ -608,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.grid:
                 return run_grid(args, cfg)
             run = run_pipeline(cfg, args.stages, args.force)
-    except (GridError, CheckpointError, PairMismatchError, StoreError, ChatTemplateError, EndTokenError) as e:
+    except (GridError, CheckpointError, PairMismatchError, StoreError, ChatTemplateError, EndTokenError,
+            RunFolderError) as e:
         _error(f"error: {e}")  # ChatTemplateError: --grid --chat with a pair whose tokenizer has no template
     if (run.root / "results.json").exists():
         print("\n".join(verdict_lines(run)))

@@ -48,12 +48,23 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
+class RunFolderError(ValueError):
+    """A run-folder file that is truncated or corrupt; the message names it and the fix."""
+
+
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a corrupt file raises ``ValueError`` naming it."""
+    """Read a JSON file of a run folder.
+
+    Raises:
+        RunFolderError: the file is corrupt or truncated (the message names it).
+        FileNotFoundError: there is no such file.
+    """
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is corrupt ({e.msg} at line {e.lineno}); delete it to recompute") from None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise RunFolderError(f"{path} is corrupt or truncated{where}; delete it (and rerun with --force if it is a "
+                             "stage's output) to recompute") from None
 
 
 class RunFolder:

@@ -23,9 +23,10 @@ def run_problems(run: RunFolder) -> list:
     """The run's held-out problems (``problems.jsonl``, written by the behaviour stage), in order.
 
     Raises:
-        ValueError: a line that is not a problem (the file is corrupt: rerun the behaviour stage
-            with ``--force``).
+        RunFolderError: a line that is not a problem (the file is corrupt: rerun the behaviour
+            stage with ``--force``).
     """
+    from probes.runfolder import RunFolderError
     from probes.task.jsonl import LineError, read_jsonl
     from probes.task.problems import Problem
 
@@ -36,8 +37,8 @@ def run_problems(run: RunFolder) -> list:
                 raise ValueError(str(rec))
             out.append(Problem.from_dict(rec))
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{run.path('problems.jsonl')} line {line} is not a problem ({e}); rerun the behaviour "
-                             "stage: python -m probes.run ... --stages behaviour --force") from None
+            raise RunFolderError(f"{run.path('problems.jsonl')} line {line} is not a problem ({e}); rerun the "
+                                 "behaviour stage: python -m probes.run ... --stages behaviour --force") from None
     return out
 
 

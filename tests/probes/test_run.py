@@ -466,3 +466,51 @@ def test_a_pair_whose_chat_templates_differ_is_refused_before_any_stage(tmp_path
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "chat_template" in r.stderr and "renders to" in r.stderr
     assert not (tmp_path / "run" / "stages").exists()
+
+
+@pytest.mark.parametrize("damage,expect", [
+    ("truncate-weights", "is truncated: its header describes"),
+    ("cut-weights-header", "do not hold its safetensors header"),
+    ("corrupt-config", "config.json is corrupt or truncated"),
+    ("corrupt-tokenizer", "tokenizer.json is corrupt or truncated"),
+    ("corrupt-tokenizer-config", "tokenizer_config.json is corrupt or truncated"),
+])
+def test_a_truncated_or_corrupt_checkpoint_file_is_one_error_line(damage, expect, tmp_path):
+    """Issue 19: before, a truncated weights file ended in a SafetensorError traceback."""
+    good, bad = _tiny(tmp_path / "good", seed=1), _tiny(tmp_path / "bad", seed=2)
+    if damage == "truncate-weights":
+        f = next(bad.glob("*.safetensors"))
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "cut-weights-header":
+        f = next(bad.glob("*.safetensors"))
+        f.write_bytes(f.read_bytes()[:20])
+    else:
+        f = bad / {"corrupt-config": "config.json", "corrupt-tokenizer": "tokenizer.json",
+                   "corrupt-tokenizer-config": "tokenizer_config.json"}[damage]
+        f.write_text(f.read_text()[: len(f.read_text()) // 2])
+    r = _main("--quick", "--pre-rl", good, "--post-rl", bad, "--out", tmp_path / "run", timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: --post-rl: ") and expect in r.stderr and str(bad) in r.stderr
+    assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_a_truncated_checkpoint_is_refused_by_the_loader_too(tmp_path):
+    from activations.load import CheckpointError, load_checkpoint
+
+    bad = _tiny(tmp_path / "bad", seed=2)
+    f = next(bad.glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="is truncated"):
+        load_checkpoint(str(bad))
+
+
+@pytest.mark.slow
+def test_a_corrupt_run_folder_file_is_one_error_line(same_model_run, tmp_path):
+    out, _, ckpt = same_model_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    f = run / "behavior" / "behavior.json"
+    f.write_text(f.read_text()[:1000])
+    r = _main("--quick", "--pre-rl", ckpt, "--post-rl", ckpt, "--out", run, "--stages", "verdict", "--force")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "behavior.json is corrupt or truncated" in r.stderr
