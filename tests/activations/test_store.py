@@ -173,3 +173,13 @@ def test_an_unknown_site_lists_the_stores_sites(tmp_path):
 def test_no_store_at_a_path_says_so(tmp_path):
     with pytest.raises(StoreError, match="no activation store at"):
         ActivationStore(tmp_path)
+
+
+@pytest.mark.parametrize("victim", ["manifest.json", "chunks/000001.json"])
+def test_a_truncated_manifest_or_chunk_record_is_detected_by_name(tmp_path, victim):
+    """Issue 19: every file of the store, not only the tensor chunks."""
+    store, _ = write_store(tmp_path / "s")
+    f = store.root / victim
+    f.write_text(f.read_text()[:25])
+    with pytest.raises(StoreError, match=victim.split("/")[-1]):
+        ActivationStore(store.root)
