@@ -1,4 +1,4 @@
-"""Activation patching: cross-model (routing vs execution), counterfactual, attribution, verdict.
+"""Activation patching: cross-model in the behaviour's units, counterfactual, attribution, verdict.
 
 Built on the backends of :mod:`activations.backends` (nnsight by default): every patched forward
 pass is one :meth:`~activations.backends.base.Backend.run` with
@@ -7,8 +7,10 @@ one pass by repeating the batch (:mod:`~probes.patching.sweep`).
 
 Modules, one idea each:
 
-- :mod:`~probes.patching.metrics`: the routing metric (strategy logit difference, nats) and the
-  execution metric (log-probability of correct step tokens, nats/token);
+- :mod:`~probes.patching.metrics`: the metrics in the behaviour's units (``pi(s|x)`` at the prompt
+  end; the log-probability of a canonical trace and its end token, whose ``exp`` is the exact
+  forced accuracy ``a(s|x)``) and the secondary ones in nats (strategy logit difference; mean
+  log-probability of the step results);
 - :mod:`~probes.patching.cells`: what one patch configuration writes where;
 - :mod:`~probes.patching.donor`: the donor's activations;
 - :mod:`~probes.patching.sweep`: batched (and looped) sweeps over cells;
@@ -16,14 +18,18 @@ Modules, one idea each:
   sweeps (only the layers and tokens a patch can change are run);
 - :mod:`~probes.patching.recovery` and :mod:`~probes.patching.bootstrap`: fraction of the gap
   recovered, undefined (never NaN) when donor and recipient agree, with bootstrap CIs;
-- :mod:`~probes.patching.cmap`: cross-model activation patching (Prakash et al. 2024,
-  arXiv 2402.14811), routing and execution recovery curves in both directions;
+- :mod:`~probes.patching.mechanistic`: the mechanistic decomposition: cross-model activation
+  patching (Prakash et al. 2024, arXiv 2402.14811) of every (hook, layer), read as the behavioural
+  selection and improvement terms and their recoveries, both directions (the verdict's evidence);
+- :mod:`~probes.patching.cmap`: cross-model activation patching with a nats metric (recovery
+  curves of one metric, both directions);
 - :mod:`~probes.patching.counterfactual`: within-model denoising and noising heatmaps on
   symmetric eval/inv pairs (Heimersheim and Nanda 2024, arXiv 2404.15255);
 - :mod:`~probes.patching.attribution`: attribution patching (AtP; Kramar et al. 2024,
   arXiv 2403.00745), its agreement with exact patching, exact confirmation of top hits;
 - :mod:`~probes.patching.behaviour`: greedy generation with a patch held at every step;
-- :mod:`~probes.patching.verdict`: selection / improvement / both / neither, by a documented rule;
+- :mod:`~probes.patching.verdict`: selection / improvement / both / neither, by a documented rule
+  in accuracy units, with every regression stated;
 - :mod:`~probes.patching.figures`: the figures; :mod:`~probes.patching.config` and
   :mod:`~probes.patching.pipeline`: ``python -m probes.patch``.
 
@@ -37,7 +43,8 @@ from probes.patching.cells import Cell, grid_cells, layer_cells
 from probes.patching.cmap import CurveResult, cmap, cross_model_patching, execution_inputs, routing_inputs
 from probes.patching.counterfactual import Heatmap, counterfactual_patching, pair_inputs
 from probes.patching.donor import Donor
-from probes.patching.metrics import StepLogProb, StrategyLogitDiff
+from probes.patching.mechanistic import PatchedBehaviour, TermRecovery, patched_behaviour, recovery_curves
+from probes.patching.metrics import StepLogProb, StrategyLogitDiff, StrategyProbs, TraceLogProb
 from probes.patching.recovery import Recovery, recoveries, recovery
 from probes.patching.sweep import baseline, sweep
 from probes.patching.verdict import VerdictRule, decide
@@ -47,7 +54,8 @@ __all__ = [
     "Cell", "grid_cells", "layer_cells",
     "CurveResult", "cmap", "cross_model_patching", "execution_inputs", "routing_inputs",
     "Heatmap", "counterfactual_patching", "pair_inputs",
-    "Donor", "StepLogProb", "StrategyLogitDiff",
+    "Donor", "StepLogProb", "StrategyLogitDiff", "StrategyProbs", "TraceLogProb",
+    "PatchedBehaviour", "TermRecovery", "patched_behaviour", "recovery_curves",
     "Recovery", "recoveries", "recovery",
     "baseline", "sweep",
     "VerdictRule", "decide",
