@@ -130,6 +130,10 @@ def check_tokenizers(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-R
         check_chat_templates(a, b, names)
 
 
+TEMPLATE_FIELD = "chat template (tokenizer_config.json chat_template, or chat_template.jinja)"
+"""How the pair check names the chat template: transformers reads it from either file."""
+
+
 def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "post-RL")) -> None:
     """Check that a task prompt renders to the same ids in both tokenizers' chat templates.
 
@@ -141,7 +145,7 @@ def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "po
 
     has = [bool(getattr(t, "chat_template", None)) for t in (a, b)]
     if has[0] != has[1]:
-        raise PairMismatchError("tokenizer_config.json chat_template",
+        raise PairMismatchError(TEMPLATE_FIELD,
                                 f"{'present' if has[0] else 'missing'} vs {'present' if has[1] else 'missing'}", names)
     if not has[0]:
         return
@@ -150,7 +154,7 @@ def check_chat_templates(a: Any, b: Any, names: tuple[str, str] = ("pre-RL", "po
         i = next((k for k, (x, y) in enumerate(zip(*ids)) if x != y), min(map(len, ids)))
         tok = [t.convert_ids_to_tokens(x[i]) if i < len(x) else "(end)" for t, x in zip((a, b), ids)]
         raise PairMismatchError(
-            "tokenizer_config.json chat_template",
+            TEMPLATE_FIELD,
             f"a task prompt renders to {len(ids[0])} vs {len(ids[1])} tokens, first differing at token {i} "
             f"({tok[0]!r} vs {tok[1]!r}): the models would read different inputs", names)
 

@@ -55,7 +55,8 @@ def recovery_figure(run: str | Path) -> Path:
     patching = load(run, "patching/patching.json")
     rows = recovery_rows(patching)
     threshold = ((patching.get("verdict") or {}).get("rule") or {}).get("recovery_threshold")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    n_patched = len((patching.get("problems") or {}).get("cmap") or [])
     for ax, panel in zip(axes, ("selection", "improvement")):
         mine = [r for r in rows if r["panel"] == panel]
         finite = [r for r in mine if r["recovery"] is not None and math.isfinite(r["recovery"])]
@@ -70,20 +71,30 @@ def recovery_figure(run: str | Path) -> Path:
                 if direction == "post_into_pre":
                     ax.fill_between(xs, [_nan(r["lo"]) for r in pts], [_nan(r["hi"]) for r in pts],
                                     color=color, alpha=0.12, lw=0)
-        ax.axhline(0, color="k", lw=0.6)
-        ax.axhline(1, color="k", lw=0.6, ls="--")
+        ax.axhline(0, color="grey", lw=0.8, ls=(0, (1, 1)))
+        ax.axhline(1, color="grey", lw=0.8, ls=(0, (4, 2)))
         if threshold is not None:
             ax.axhline(threshold, color="k", lw=0.8, ls=":")
+        # the scale of the point estimates (CI bands of a tiny behavioural term can span +-20 and hide the curve)
+        vals = [r["recovery"] for r in finite] + [0.0, 1.0]
+        lo, hi = min(vals), max(vals)
+        pad = 0.1 * (hi - lo)
+        ax.set_ylim(lo - pad, hi + pad)
+        judged = (patching.get("verdict") or {}).get(panel) or {}
+        if finite and judged.get("sign") == 0:  # the rule does not read this recovery: say so on the panel
+            ax.text(0.5, 0.97, "the behavioural term does not exclude 0 by the minimum effect:\nthis recovery is "
+                    "a ratio to a tiny term and is not read", transform=ax.transAxes, ha="center", va="top",
+                    fontsize=8, bbox=dict(facecolor="white", alpha=0.85, edgecolor="grey"))
         if not finite:
             reason = next((r["reason"] for r in mine if r["reason"]), "no curves")
             ax.text(0.5, 0.5, f"recovery undefined:\n{reason}", transform=ax.transAxes, ha="center",
                     va="center", fontsize=8, wrap=True)
         beh = next((r["behaviour"] for r in mine if r["direction"] == "post_into_pre"), None)
         where = "prompt" if panel == "selection" else "trace"
-        sub = "" if beh is None else f"; behavioural term {beh:+.3f} accuracy"
-        ax.set_title(f"{panel} ({where} patched{sub})", fontsize=10)
+        sub = "" if beh is None else f"\nbehavioural term {beh:+.3f} accuracy on the {n_patched} patched problems"
+        ax.set_title(f"{panel}: {where} positions patched{sub}", fontsize=9)
         ax.set_xlabel("layer")
-    axes[0].set_ylabel("recovery (fraction of the behavioural term)")
+        ax.set_ylabel(f"recovery (fraction of the behavioural {panel} term)", fontsize=9)
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
@@ -92,9 +103,14 @@ def recovery_figure(run: str | Path) -> Path:
     hooks = sorted({r["hook"] for r in rows}, key=list(HOOK_COLORS).index)
     handles = [Line2D([], [], color=HOOK_COLORS[h], marker="o", ms=3, label=h) for h in hooks]
     handles += [Line2D([], [], color="k", ls=style, label=label) for _, label, style in DIRECTIONS]
-    handles += [Line2D([], [], color="k", ls=":", lw=0.8, label="recovery threshold")] if threshold is not None else []
-    fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    handles += [Line2D([], [], color="grey", lw=0.8, ls=(0, (4, 2)), label="1: the whole term"),
+                Line2D([], [], color="grey", lw=0.8, ls=(0, (1, 1)), label="0: none of it")]
+    handles += [Line2D([], [], color="k", ls=":", lw=0.8, label=f"recovery threshold {threshold}")] \
+        if threshold is not None else []
+    fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.81, 0.5))
+    fig.suptitle("Cross-model patching: how much of each behavioural term the post-RL residual stream carries "
+                 "(band: 95% CI)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.81, 0.95))
     return save_figure(fig, run, "patching_recovery.png", rows, ["panel", "direction", "hook", "layer", "recovery",
                                                                 "lo", "hi", "reason", "behaviour", "mechanistic", "n"])
 

@@ -144,7 +144,7 @@ def resolve_config(args: argparse.Namespace):
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(map(str, first["loc"])) or "(top level)"
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = f"unknown field; the fields are {', '.join(RunConfig.model_fields)}"
         _error(f"error: invalid run config field {field}: {msg}")
@@ -243,7 +243,8 @@ def _check_patching_overrides(cfg) -> None:
         PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": "x", **cfg.patching})
     except ValidationError as e:
         first = e.errors()[0]
-        _error(f"error: invalid run config field patching.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        _error(f"error: invalid run config field patching.{'.'.join(map(str, first['loc']))}: "
+               f"{first['msg'].removeprefix('Value error, ')}")
 
 
 def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
@@ -547,8 +548,10 @@ def verdict_lines(run: RunFolder) -> list[str]:
         b = node.get("behaviour") or {}
         status = {True: "counts", False: "does not count"}.get(passes, "")
         tail = f" ({status}: {why})" if status and why else f" ({status or why})" if status or why else ""
-        beh = f"behavioural {_fmt_score(b.get('mean'), b.get('ci'))}, " if b.get("ci") else ""
-        lines.append(f"  {k}: {beh}recovery {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}{tail}")
+        beh = f"behavioural {_fmt_score(b.get('mean'), b.get('ci'))}" if b.get("ci") else ""
+        rec = (f"recovery {_fmt_score(v[f'{k}_score'], v[f'{k}_score_ci'])}" if node.get("recovery_read", True)
+               else "recovery not read")
+        lines.append(f"  {k}: " + ", ".join(x for x in (beh, rec) if x) + tail)
     forms = v.get("forms_at") or {}
     if any(forms.get(k) is not None for k in ("selection", "improvement")):
         lines.append(f"  where it forms ({v.get('score_site', '').split('.')[-1]}, first layer with recovery CI above "

@@ -121,8 +121,12 @@ def plot_term_curves(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path
         ax.axhline(1, color="grey", lw=0.8, ls="--")
         if threshold is not None:
             ax.axhline(threshold, color="k", lw=0.8, ls=":")
+        values = [r.value for d in curves.values() for recs in (d.get(term) or {}).values() for r in recs
+                  if r.value is not None and np.isfinite(r.value)]
+        lo, hi = min(values + [0.0]), max(values + [1.0])
+        ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))  # the point estimates, not a tiny term's CI band
         ax.set_xlabel("layer")
-        ax.set_ylabel(f"recovery (fraction of the behavioural {term} term)")
+        ax.set_ylabel(f"recovery (fraction of the behavioural {term} term)", fontsize=8)
         sub = "" if beh is None else f"\nbehavioural term {beh.behaviour:+.3f} accuracy (post-RL minus pre-RL), n={beh.n}"
         where = "prompt" if term == "selection" else "trace"
         ax.set_title(f"{term}: {where} positions patched{sub}", fontsize=9)

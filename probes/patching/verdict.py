@@ -84,7 +84,9 @@ def judge_term(term: str, behaviour: dict, recovery: dict | None, rule: VerdictR
         rule: the thresholds.
 
     Returns:
-        ``{"counts", "why_not", "behaviour", "recovery", "sign"}`` (JSON-able).
+        ``{"counts", "why_not", "behaviour", "recovery", "sign", "recovery_read"}`` (JSON-able;
+        ``recovery_read`` is False when the behavioural term is too small for its recovery to mean
+        anything, or the recovery is undefined).
     """
     why: list[str] = []
     mean, ci = behaviour["mean"], behaviour.get("ci")
@@ -97,7 +99,10 @@ def judge_term(term: str, behaviour: dict, recovery: dict | None, rule: VerdictR
     elif ci[1] < -m:
         sign = -1
     else:
-        why.append(f"the behavioural {term} term {_fmt(mean, ci)} does not exclude 0 by the minimum effect {m}")
+        why.append(f"the behavioural {term} term {_fmt(mean, ci)} does not exclude 0 by the minimum effect {m}, "
+                   "so its recovery (a ratio to a term this small) is not read")
+        return {"counts": False, "why_not": why, "behaviour": {"mean": mean, "ci": ci}, "recovery": recovery,
+                "sign": 0, "recovery_read": False}
     if recovery is None:
         why.append("no patching result")
     elif recovery.get("value") is None:
@@ -108,7 +113,7 @@ def judge_term(term: str, behaviour: dict, recovery: dict | None, rule: VerdictR
         why.append(f"the recovery {_fmt(recovery['value'], recovery['ci'])} has its CI lower bound not above "
                    f"{rule.recovery_threshold}")
     return {"counts": not why, "why_not": why, "behaviour": {"mean": mean, "ci": ci}, "recovery": recovery,
-            "sign": sign}
+            "sign": sign, "recovery_read": recovery is not None and recovery.get("value") is not None}
 
 
 def regressions(behaviour: dict[str, dict], rule: VerdictRule) -> list[dict[str, Any]]:

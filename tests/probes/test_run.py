@@ -362,6 +362,14 @@ def test_the_printed_verdict_states_each_term_whether_it_counts_and_every_regres
                                "(does not count: the recovery +0.300 [+0.100, +0.500] has its CI lower bound")
     assert v["statement"] == ("selection; accuracy fell: delta -0.550 [-0.600, -0.500]; execution degraded: "
                               "improvement -0.650 [-0.690, -0.610]")
+    # a behavioural term within the minimum effect: its recovery, a ratio to a tiny term, is not printed as a number
+    small = dict(pooled, improvement=0.001, improvement_ci=[-0.01, 0.012])
+    v = run_verdict(small, {"selection": {"recovery": rec["selection"]}, "improvement": {"recovery": rec["improvement"]},
+                            "rule": {"recovery_threshold": 0.5, "min_effect": 0.02}})
+    (tmp_path / "results.json").write_text(json.dumps({"verdict": v}))
+    line = [x for x in verdict_lines(RunFolder(tmp_path)) if x.startswith("  improvement:")][0]
+    assert line.startswith("  improvement: behavioural +0.001 [-0.010, +0.012], recovery not read (does not count: ")
+    assert "+0.300" not in line
 
 
 def _routing_moved_execution_lost(src, out, steps=40, lr=3e-3):

@@ -53,10 +53,17 @@ def test_no_regression_within_the_minimum_effect():
 
 
 def test_undefined_recoveries_say_why():
-    v = decide(_beh(0.0, 0.0, width=0.0), {"selection": _rec(None), "improvement": None})
+    v = decide(_beh(0.10, 0.05), {"selection": _rec(None), "improvement": None})
     assert v["label"] == "neither" and v["regressions"] == []
     assert any("undefined" in w for w in v["selection"]["why_not"])
     assert any("no patching result" in w for w in v["improvement"]["why_not"])
+
+
+def test_the_recovery_of_a_term_within_the_minimum_effect_is_not_read():
+    v = decide(_beh(0.0, 0.0, width=0.0), {"selection": _rec(None), "improvement": _rec(0.9)})
+    assert v["label"] == "neither"
+    for t in ("selection", "improvement"):
+        assert not v[t]["recovery_read"] and len(v[t]["why_not"]) == 1 and "is not read" in v[t]["why_not"][0]
 
 
 def test_thresholds_are_part_of_the_rule():
