@@ -9,11 +9,11 @@ ones). Rows come in chains of two (a problem and its twin).
 
 Protocol, identical for both methods: one grouped train/test split (``GroupShuffleSplit``, 20%
 of the chains held out), 5 grouped inner folds on the training rows (``GroupKFold``), the same
-C grid (``logspace(-4, 2, 7)``), C chosen per layer by mean fold accuracy, refit on all
-training rows, accuracy on the held-out rows.
+C grid (``logspace(-4, 2, 7)``), balanced class weights and C chosen per layer by mean fold
+balanced accuracy (the probes' convention), refit on all training rows, accuracy on the held-out rows.
 
 - **baseline**: for each layer, ``LogisticRegressionCV(Cs=grid, cv=folds, l1_ratios=(0,),
-  scoring="accuracy")`` with sklearn's defaults otherwise (lbfgs, ``tol=1e-4``,
+  scoring="balanced_accuracy", class_weight="balanced")`` with sklearn's defaults otherwise (lbfgs, ``tol=1e-4``,
   ``max_iter=100``; fits that stop at ``max_iter`` are counted and printed);
 - **batched**: :func:`probes.probing.batched_logistic.fit_logistic_cv` on all layers at once
   (see its module docstring: one column per (layer, fold), centring, diagonal preconditioning,
@@ -127,8 +127,9 @@ def main(argv=None) -> int:
     for layer in tqdm(base_layers, desc="LogisticRegressionCV per layer"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            m = LogisticRegressionCV(Cs=Cs, cv=folds_local, l1_ratios=(0.0,), scoring="accuracy",
-                                     use_legacy_attributes=False, max_iter=args.baseline_max_iter)
+            m = LogisticRegressionCV(Cs=Cs, cv=folds_local, l1_ratios=(0.0,), scoring="balanced_accuracy",
+                                     class_weight="balanced", use_legacy_attributes=False,
+                                     max_iter=args.baseline_max_iter)
             m.fit(X[layer, train], y[train])
         acc_base[layer] = m.score(X[layer, test], y[test])
         C_base[layer] = float(np.ravel(m.C_)[0])

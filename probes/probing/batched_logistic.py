@@ -26,17 +26,19 @@ memory bandwidth, not arithmetic). Here all ``L * F`` problems of one ``C`` adva
   :func:`sklearn.linear_model.LogisticRegressionCV` does, and the final refit on all training
   rows starts from the mean of the folds' solutions at the chosen C, as sklearn's does.
 
-The objective of each column is sklearn's (``LogisticRegression(C=C)`` with the default L2
-penalty and an unpenalised intercept), scaled by ``1 / n_f``::
+The objective of each column is sklearn's (``LogisticRegression(C=C, class_weight=...)`` with
+the default L2 penalty and an unpenalised intercept), scaled by ``1 / n_f``, with ``s_i`` the
+sample weights (1, or the balanced class weights ``n / (2 n_class)``) and ``n_f = sum_i s_i``
+over the fold's training rows::
 
-    J(w, b) = mean_{i in fold} [log(1 + exp(z_i)) - y_i z_i] + ||w||^2 / (2 C n_f),
+    J(w, b) = sum_{i in fold} s_i [log(1 + exp(z_i)) - y_i z_i] / n_f + ||w||^2 / (2 C n_f),
     z_i = x_i . w + b,
 
 and the stopping rule is sklearn's L-BFGS one, ``max_j |dJ/dtheta_j| <= tol``, taken in the
 centred coordinates ``(w, c)`` (at the optimum both gradients vanish; away from it the centred
 one does not scale with the mean of the activations, so the same ``tol`` asks for the same
 accuracy of the fit whatever the offset of the residual stream). C is chosen per layer by the
-mean fold accuracy, the first best C on ties, as in sklearn.
+mean fold score (balanced accuracy by default, or accuracy), the first best C on ties, as in sklearn.
 
 Sources: Nocedal and Wright, *Numerical Optimization* (2006), ch. 7 (L-BFGS, two-loop
 recursion with a scaled initial matrix); the probe protocol follows Hewitt and Liang 2019
@@ -105,13 +107,15 @@ class _Problems:
     which BLAS runs several times faster than the skinny ``X W`` / ``X^T R``.
     """
 
-    def __init__(self, X: Tensor, y: Tensor, masks: Tensor):
-        # X [L, n, d]; y [n]; masks [1 or L, F, n] 0/1 rows of each column's training set
+    def __init__(self, X: Tensor, y: Tensor, masks: Tensor, weights: Tensor | None = None):
+        # X [L, n, d]; y [n]; masks [1 or L, F, n] 0/1 rows of each column's training set;
+        # weights [n] sample weights (class weights; None: 1)
         self.X, self.y = X, y
         self.Xt = X.transpose(1, 2)  # a view
         self.M = masks.expand(X.shape[0], -1, -1)
-        self.n_f = self.M.sum(2).clamp_min(1.0)  # [L, F]
-        self.Mn = self.M / self.n_f[:, :, None]  # row weights, sum to 1 per column
+        W = self.M if weights is None else self.M * weights[None, None, :]
+        self.n_f = W.sum(2).clamp_min(1e-12)  # [L, F] the sum of weights (sklearn's sw_sum)
+        self.Mn = W / self.n_f[:, :, None]  # row weights, sum to 1 per column
         self.mu = torch.bmm(self.Mn, X)  # [L, F, d] training mean per column
         var = X.var(dim=1) if X.shape[1] > 1 else torch.ones(X.shape[0], X.shape[2])
         self.var = var.to(X.dtype)[:, None, :]  # [L, 1, d], the preconditioner's scale
@@ -260,9 +264,17 @@ def fit_logistic_cv(
     history: int = 10,
     refit: bool = True,
     progress: bool = False,
+    class_weight: str | None = "balanced",
+    scoring: str = "balanced_accuracy",
 ) -> LogisticCV:
     """Fit L2 logistic regression to every layer and fold along a C path; choose C per layer by
-    mean fold accuracy; refit each layer on all training rows at its C.
+    the mean fold score; refit each layer on all training rows at its C.
+
+    Under class imbalance (after RL a strategy is often used 98% of the time) the defaults matter:
+    with unweighted rows and C chosen by accuracy a 5% minority class is predicted never and the
+    held-out balanced accuracy collapses to 0.5; ``class_weight="balanced"`` and
+    ``scoring="balanced_accuracy"`` (sklearn's ``LogisticRegressionCV`` with the same arguments,
+    which this matches) choose and fit for the metric the report headlines.
 
     Args:
         X: ``[L, n, d]`` activations (float32 is used; float64 input is converted).
@@ -275,14 +287,23 @@ def fit_logistic_cv(
         history: L-BFGS memory (pairs kept).
         refit: refit on all training rows (``coef``/``intercept`` are zeros otherwise).
         progress: a tqdm bar over the C path.
+        class_weight: ``"balanced"`` (each row weighted ``n / (2 n_class)``, counted over every
+            row the folds use, as sklearn computes it over the ``y`` it is given) or None.
+        scoring: the fold score C is chosen by: ``"balanced_accuracy"`` (the mean of the two
+            classes' recalls) or ``"accuracy"``.
 
     Returns:
-        :class:`LogisticCV`.
+        :class:`LogisticCV` (``cv_scores`` in the ``scoring`` metric).
 
     Raises:
         ValueError: ``X`` is not 3-D, ``y`` has another length or labels outside {0, 1} on
-            used rows, no folds, a fold without both classes in its training rows, or a C <= 0.
+            used rows, no folds, a fold without both classes in its training rows, a C <= 0,
+            or an unknown ``class_weight`` or ``scoring``.
     """
+    if class_weight not in ("balanced", None):
+        raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if scoring not in ("balanced_accuracy", "accuracy"):
+        raise ValueError(f"scoring must be 'balanced_accuracy' or 'accuracy', got {scoring!r}")
     X = _as_tensor(X)
     if X.ndim != 3:
         raise ValueError(f"X must be [layers, rows, d_model], got shape {tuple(X.shape)}")
@@ -306,7 +327,13 @@ def fit_logistic_cv(
             raise ValueError(f"fold {f} has a single class in its training rows")
         masks[0, f, torch.from_numpy(tr)] = 1.0
     yt = torch.from_numpy(y_np).float()
-    P = _Problems(X, yt, masks)
+    weights = None
+    if class_weight == "balanced":  # n / (n_classes * n_c), over the rows the folds use
+        counts = np.bincount(y_np[used].astype(np.int64), minlength=2).astype(np.float64)
+        w_np = np.zeros(n)
+        w_np[used] = used.size / (2.0 * counts[y_np[used].astype(np.int64)])
+        weights = torch.from_numpy(w_np).float()
+    P = _Problems(X, yt, masks, weights)
     theta = torch.zeros(L, F, d + 1)
     order = np.argsort(Cs_arr, kind="stable")
     K = Cs_arr.size
@@ -324,8 +351,14 @@ def fit_logistic_cv(
         iters[:, k] = it.numpy()
         for f, (_, va) in enumerate(folds):
             va = np.asarray(va, dtype=np.int64)
-            hits = ((Z[:, f, torch.from_numpy(va)] > 0).numpy() == (y_np[va] == 1)[None, :])
-            scores[:, k, f] = hits.sum(1) / max(va.size, 1)  # float64, as accuracy_score
+            pred = (Z[:, f, torch.from_numpy(va)] > 0).numpy()
+            truth = (y_np[va] == 1)[None, :]
+            hits = pred == truth
+            if scoring == "accuracy":
+                scores[:, k, f] = hits.sum(1) / max(va.size, 1)  # float64, as accuracy_score
+            else:  # the mean recall of the classes present, as balanced_accuracy_score
+                recalls = [hits[:, truth[0] == c].mean(1) for c in (False, True) if (truth[0] == c).any()]
+                scores[:, k, f] = np.mean(recalls, axis=0) if recalls else 0.0
     # sklearn's rule: argmax of the fold-sum (folds summed in order, float64; first on ties)
     best = np.stack([scores[layer].T.sum(axis=0).argmax() for layer in range(L)])
     coef = np.zeros((L, d), dtype=np.float32)
@@ -334,7 +367,7 @@ def fit_logistic_cv(
     if refit:
         all_rows = torch.zeros(1, 1, n)
         all_rows[0, 0, torch.from_numpy(used.astype(np.int64))] = 1.0
-        Pr = _Problems(X, yt, all_rows)
+        Pr = _Problems(X, yt, all_rows, weights)
         # warm start: mean over folds of the solutions at the chosen C, in original coordinates
         th = thetas[torch.from_numpy(best), torch.arange(L)]  # [L, F, d+1]
         w = th[..., :d]

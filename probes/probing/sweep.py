@@ -125,7 +125,7 @@ def _within_type(cfg, y, pred, score, groups, types) -> dict:
 def _fit_classifier_layers(ps: ProbeSet, y: np.ndarray, train: np.ndarray, test: np.ndarray, kind: str,
                            cfg: ProbeConfig, desc: str, progress: bool):
     """Logistic probes of every layer: ``(pred [L, n_test], score [L, n_test] or None, coef, intercept,
-    C [L], cv_accuracy [L])``."""
+    C [L], cv balanced accuracy [L])``."""
     folds_local = inner_folds(y[train], ps.groups[train], cfg.n_splits, seed=cfg.seed)
     folds = [(train[a], train[b]) for a, b in folds_local]
     L = len(ps.layers)
@@ -169,7 +169,7 @@ def probe_layers(ps: ProbeSet, target: Target, labels: Labels | None = None, con
         ``skipped`` with ``reason``), ``hook``, ``layers``, ``class_counts``, ``n_train``,
         ``n_test``, ``split`` (grouping and sizes), ``baselines``, ``best_layer`` (by CV score on
         the training rows) and ``per_layer``: a list of per-layer dicts with ``logistic``
-        (``C``, ``cv_accuracy``, ``test`` scores), ``diffmeans``, ``control``, ``selectivity``,
+        (``C``, ``cv_balanced_accuracy`` (inner folds, C chosen by it), ``test`` scores), ``diffmeans``, ``control``, ``selectivity``,
         ``shuffled`` and ``within_type``. Scores are fractions (accuracy, balanced accuracy,
         AUROC) or R^2, each ``{"value", "ci"}``.
 
@@ -238,7 +238,7 @@ def _classification(ps, target, labels, cfg, train, test, types, prompts_tr, pro
     for j in range(L):
         s = _scores(cfg, y_te, pred[j], None if score is None else score[j], g_te)
         main.append(s)
-        per_layer[j]["logistic"] = {"C": float(C[j]), "cv_accuracy": float(cv_acc[j]), "test": strip_draws(s)}
+        per_layer[j]["logistic"] = {"C": float(C[j]), "cv_balanced_accuracy": float(cv_acc[j]), "test": strip_draws(s)}
         if types is not None:
             per_layer[j]["within_type"] = {"logistic": _within_type(
                 cfg, y_te, pred[j], None if score is None else score[j], g_te, types[test])}
@@ -289,7 +289,7 @@ def _controls(ps, target, labels, cfg, train, test, main, per_layer, progress):
             continue
         for j in range(L):
             s = _scores(cfg, t.y[test], pred[j], None if score is None else score[j], g_te)
-            per_layer[j][name] = {"C": float(C[j]), "cv_accuracy": float(cv_acc[j]), "test": strip_draws(s)}
+            per_layer[j][name] = {"C": float(C[j]), "cv_balanced_accuracy": float(cv_acc[j]), "test": strip_draws(s)}
             if name == "control":
                 per_layer[j]["selectivity"] = {"accuracy": paired_difference(main[j], s, "accuracy", cfg.level)}
         if name == "shuffled":

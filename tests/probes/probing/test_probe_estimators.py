@@ -93,3 +93,45 @@ def test_ridge_probe_recovers_a_linear_target_and_scores_r2():
     np.testing.assert_allclose(r.coef_, w, atol=0.05)
     noise = RidgeProbe(alphas=(1e-3, 1.0, 1e3), n_splits=3).fit(X, rng.normal(size=300))
     assert noise.cv_scores_.max() < 0.05  # nothing to read: CV R^2 near or below 0
+
+
+def _imbalanced(seed, n=400, d=64, share=0.05, shift=3.0):
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=n) < share).astype(int)
+    X = rng.normal(size=(n, d))
+    X[y == 1, 0] += shift
+    return X, y
+
+
+def test_a_five_percent_minority_is_probed_as_the_balanced_reference_probes_it():
+    """Issue 18: under imbalance C is chosen by balanced accuracy with balanced class weights, as
+    sklearn's LogisticRegressionCV(class_weight='balanced', scoring='balanced_accuracy') chooses it.
+    The old choice (unweighted rows, C by accuracy) predicts the minority never (0.5)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import balanced_accuracy_score
+
+    from probes.probing.batched_logistic import fit_logistic_cv
+    from probes.probing.config import DEFAULT_CS
+    from probes.probing.splits import inner_folds
+
+    ours, ref, old = [], [], []
+    for seed in range(10):
+        X, y = _imbalanced(seed)
+        tr, te = np.arange(300), np.arange(300, 400)
+        if y[te].sum() == 0:
+            continue
+        ours.append(balanced_accuracy_score(y[te], LogisticProbe().fit(X[tr], y[tr]).predict(X[te])))
+        folds = inner_folds(y[tr], np.arange(300), 5, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = LogisticRegressionCV(Cs=np.asarray(DEFAULT_CS), cv=folds, l1_ratios=(0.0,), class_weight="balanced",
+                                     scoring="balanced_accuracy", max_iter=5000, use_legacy_attributes=False)
+            ref.append(balanced_accuracy_score(y[te], m.fit(X[tr], y[tr]).predict(X[te])))
+        cv = fit_logistic_cv(X[None, tr].astype(np.float32), y[tr], folds, DEFAULT_CS, class_weight=None,
+                             scoring="accuracy")
+        old.append(balanced_accuracy_score(y[te], (X[te] @ cv.coef[0] + cv.intercept[0] > 0).astype(int)))
+    assert len(ours) >= 8
+    assert abs(np.mean(ours) - np.mean(ref)) <= 0.05, (np.mean(ours), np.mean(ref))
+    assert np.mean(old) < np.mean(ref) - 0.1  # the test has teeth: the old choice collapses
