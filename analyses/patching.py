@@ -55,11 +55,14 @@ def recovery_figure(run: str | Path) -> Path:
     patching = load(run, "patching/patching.json")
     rows = recovery_rows(patching)
     threshold = ((patching.get("verdict") or {}).get("rule") or {}).get("recovery_threshold")
+    # whether a term is read is the run's verdict (the behaviour stage's terms on all its problems)
+    run_verdict = load(run, "results.json").get("verdict") if (run / "results.json").exists() else None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     n_patched = len((patching.get("problems") or {}).get("cmap") or [])
     for ax, panel in zip(axes, ("selection", "improvement")):
         mine = [r for r in rows if r["panel"] == panel]
         finite = [r for r in mine if r["recovery"] is not None and math.isfinite(r["recovery"])]
+        judged = (run_verdict.get(panel) or {}) if run_verdict else ((patching.get("verdict") or {}).get(panel) or {})
         for direction, label, style in DIRECTIONS:
             for hook, color in HOOK_COLORS.items():
                 pts = sorted((r for r in mine if r["direction"] == direction and r["hook"] == hook),
@@ -68,23 +71,22 @@ def recovery_figure(run: str | Path) -> Path:
                     continue
                 xs = [r["layer"] for r in pts]
                 ax.plot(xs, [_nan(r["recovery"]) for r in pts], style, marker="o", ms=3, color=color)
-                if direction == "post_into_pre":
+                if direction == "post_into_pre" and judged.get("sign") != 0:  # no bands for a ratio not read
                     ax.fill_between(xs, [_nan(r["lo"]) for r in pts], [_nan(r["hi"]) for r in pts],
                                     color=color, alpha=0.12, lw=0)
-        ax.axhline(0, color="grey", lw=0.8, ls=(0, (1, 1)))
+        ax.axhline(0, color="grey", lw=1.0, ls="-")
         ax.axhline(1, color="grey", lw=0.8, ls=(0, (4, 2)))
         if threshold is not None:
-            ax.axhline(threshold, color="k", lw=0.8, ls=":")
+            ax.axhline(threshold, color="purple", lw=0.9, ls=":")
         # the scale of the point estimates (CI bands of a tiny behavioural term can span +-20 and hide the curve)
         vals = [r["recovery"] for r in finite] + [0.0, 1.0]
         lo, hi = min(vals), max(vals)
         pad = 0.1 * (hi - lo)
         ax.set_ylim(lo - pad, hi + pad)
-        judged = (patching.get("verdict") or {}).get(panel) or {}
         if finite and judged.get("sign") == 0:  # the rule does not read this recovery: say so on the panel
-            ax.text(0.5, 0.97, "the behavioural term does not exclude 0 by the minimum effect:\nthis recovery is "
-                    "a ratio to a tiny term and is not read", transform=ax.transAxes, ha="center", va="top",
-                    fontsize=8, bbox=dict(facecolor="white", alpha=0.85, edgecolor="grey"))
+            ax.text(0.5, 0.97, "the behavioural term does not exclude 0 by the minimum\n"
+                    "effect: this recovery is a ratio to a tiny term and is not read", transform=ax.transAxes,
+                    ha="center", va="top", fontsize=8, bbox=dict(facecolor="white", alpha=0.85, edgecolor="grey"))
         if not finite:
             reason = next((r["reason"] for r in mine if r["reason"]), "no curves")
             ax.text(0.5, 0.5, f"recovery undefined:\n{reason}", transform=ax.transAxes, ha="center",
@@ -104,8 +106,8 @@ def recovery_figure(run: str | Path) -> Path:
     handles = [Line2D([], [], color=HOOK_COLORS[h], marker="o", ms=3, label=h) for h in hooks]
     handles += [Line2D([], [], color="k", ls=style, label=label) for _, label, style in DIRECTIONS]
     handles += [Line2D([], [], color="grey", lw=0.8, ls=(0, (4, 2)), label="1: the whole term"),
-                Line2D([], [], color="grey", lw=0.8, ls=(0, (1, 1)), label="0: none of it")]
-    handles += [Line2D([], [], color="k", ls=":", lw=0.8, label=f"recovery threshold {threshold}")] \
+                Line2D([], [], color="grey", lw=1.0, ls="-", label="0: none of it")]
+    handles += [Line2D([], [], color="purple", ls=":", lw=0.9, label=f"recovery threshold {threshold}")] \
         if threshold is not None else []
     fig.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(0.81, 0.5))
     fig.suptitle("Cross-model patching: how much of each behavioural term the post-RL residual stream carries "
