@@ -1,4 +1,4 @@
-"""Everything that touches a model's insides (DESIGN.md, "The packages").
+"""Everything that touches a model's insides (README.md, "The packages").
 
 - :mod:`~activations.load`: checkpoints (model, tokenizer, dtype, device) and their hashes;
   :mod:`~activations.pair`: the check that a pre-RL / post-RL pair can be compared and patched.

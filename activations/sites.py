@@ -1,6 +1,6 @@
 """Activation sites, named by their TransformerLens hook names.
 
-TransformerLens names are canonical here (DESIGN.md, "The packages"); every backend maps
+TransformerLens names are canonical here (README.md, "The packages"); every backend maps
 them to its own. The sites, in the order a forward pass reaches them:
 
 =====================================  ======================  ==============================

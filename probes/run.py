@@ -2,7 +2,7 @@
 
 Runs the pipeline on a pre-RL and a post-RL checkpoint (default: the shipped organism pair)
 and writes a run folder (``runs/NAME``); prints the verdict and the report's path. Stages,
-each reading and writing only the run folder (DESIGN.md, "The pipeline"):
+each reading and writing only the run folder (README.md, "The main job"):
 
   1. behaviour  responses of both checkpoints on held-out problems; strategy shares, accuracy,
                 and the decomposition delta = selection + improvement (Shapley split)

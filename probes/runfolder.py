@@ -1,6 +1,6 @@
 """The run folder: one directory per run, written stage by stage, atomically, resumably.
 
-Layout (DESIGN.md, "The run folder")::
+Layout (README.md, "The run folder")::
 
     runs/NAME/
       config.yaml          the resolved run config

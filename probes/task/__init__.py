@@ -1,6 +1,6 @@
 """The finite-field task of "Select and Improve" (arXiv 2606.13125), as instantiated here.
 
-See ``DESIGN.md`` ("The task") and the module docstrings: :mod:`~probes.task.field`
+See the module docstrings: :mod:`~probes.task.field`
 (GF(p) and the numeral bijection), :mod:`~probes.task.problems` (chains, prompts, ids),
 :mod:`~probes.task.traces` (forward and backward traces), :mod:`~probes.task.verify` (the
 verifier and the labeller), :mod:`~probes.task.tokenizer` (the word-level tokenizer),
