@@ -7,9 +7,7 @@ and returns a dict of what it wrote (relative paths and a few headline numbers).
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 from probes.runconfig import RunConfig
 from probes.runfolder import RunFolder, read_json, write_json

@@ -68,6 +68,15 @@ def forced_method(requested: str, tokenizer: Any) -> tuple[str, str]:
     return "sampled", reason
 
 
+def by_steps(problems: Sequence[Problem]) -> list[list[int]]:
+    """Indices of ``problems`` grouped by chain length, shortest first (one group batches with
+    little padding: every trace of a chain length and strategy has the same number of words)."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault(p.steps, []).append(i)
+    return [groups[k] for k in sorted(groups)]
+
+
 def trace_logprobs(backend: Any, tokenizer: Any, problems: Sequence[Problem], *, chat: bool = False,
                    batch_size: int = 64, strategies: Sequence[str] = STRATEGIES) -> np.ndarray:
     """``log a(s|x)``: the log-probability (nats) of each problem's canonical trace under each
@@ -92,12 +101,8 @@ def trace_logprobs(backend: Any, tokenizer: Any, problems: Sequence[Problem], *,
     from probes.patching.metrics import TraceLogProb
 
     out = np.zeros((len(problems), len(strategies)))
-    by_k: dict[int, list[int]] = {}
-    for i, p in enumerate(problems):
-        by_k.setdefault(p.steps, []).append(i)
     for j, s in enumerate(strategies):
-        for k in sorted(by_k):
-            idx = by_k[k]
+        for idx in by_steps(problems):
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
                 ps = [problems[i] for i in chunk]

@@ -42,6 +42,7 @@ import numpy as np
 from jaxtyping import Float
 
 from activations.batch import encode_batch
+from probes.behavior.exact import by_steps, trace_logprobs
 from probes.patching.bootstrap import DEFAULT_LEVEL, percentile_ci, resample_counts
 from probes.patching.cells import Cell, layer_cells
 from probes.patching.donor import Donor
@@ -244,13 +245,6 @@ def _chunks(idx: list[int], rows_per: int) -> list[list[int]]:
     return [idx[i:i + rows_per] for i in range(0, len(idx), rows_per)]
 
 
-def _by_steps(problems: Sequence[Problem]) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(problems):
-        groups.setdefault(p.steps, []).append(i)
-    return [groups[k] for k in sorted(groups)]
-
-
 def patched_behaviour(
     recipient: Any,
     donor: Any,
@@ -303,7 +297,7 @@ def patched_behaviour(
     n_targets = np.zeros((n, len(s_all)), dtype=np.int64)
     per_chunk = max(1, max_rows // 2)  # at least two cells per forward pass
     jobs = [(pos, None, chunk) for pos in routing_positions for chunk in _chunks(list(range(n)), per_chunk)]
-    jobs += [("response", s, chunk) for s in strategies for g in _by_steps(problems) for chunk in _chunks(g, per_chunk)]
+    jobs += [("response", s, chunk) for s in strategies for g in by_steps(problems) for chunk in _chunks(g, per_chunk)]
     bar = tqdm(total=len(jobs) * k, desc=f"patching {direction}", unit="cell", leave=False, disable=not progress)
     try:
         for pos, strategy, chunk in jobs:
@@ -320,8 +314,10 @@ def patched_behaviour(
             cells = layer_cells(list(hooks), n_layers, pos)
             unique, where = _dedupe(cells)
             rec = baseline(recipient, batch, metric, plan).double().numpy()
-            don = baseline(donor, batch, metric, plan).double().numpy()
-            source = Donor.read(donor, batch, sorted({s for c in unique for s in c.sites}))
+            # one donor pass gives its activations (the patches) and its metric
+            ran = donor.run(batch, read=sorted({s for c in unique for s in c.sites}), logits=plan.index)
+            source = Donor(batch=batch, activations=dict(ran.activations))
+            don = plan.reduce(ran.logits, 1)[0].detach().cpu().double().numpy()
             vals = sweep(recipient, batch, unique, metric, source, max_rows=max(max_rows, len(batch)), desc=None,
                          plan=plan).double().numpy()[where]
             if strategy is None:
@@ -336,37 +332,18 @@ def patched_behaviour(
             bar.update(k)
     finally:
         bar.close()
-    for j, s in enumerate(s_all):  # a strategy not swept: the patch leaves its a as the recipient's
-        if s not in strategies:
-            logp_patched[:, :, j] = logp_r[None, :, j]
+    unswept = [s for s in s_all if s not in strategies]
+    if unswept:  # the terms need both models' a of every strategy: measured unpatched
+        cols = [s_all.index(s) for s in unswept]
+        for backend, logp in ((recipient, logp_r), (donor, logp_d)):
+            logp[:, cols] = trace_logprobs(backend, tokenizer, problems, chat=chat, batch_size=max_rows,
+                                           strategies=unswept)
+        logp_patched[:, :, cols] = logp_r[None, :, cols]
     a_r, a_d, a_p = np.exp(logp_r), np.exp(logp_d), np.exp(logp_patched)
-    if any(s not in strategies for s in s_all):  # the donor's a is needed for the terms: measure it unpatched
-        a_r, a_d = _fill_unswept(recipient, donor, tokenizer, problems, strategies, chat, max_rows, a_r, a_d, n_targets)
-        for j, s in enumerate(s_all):
-            if s not in strategies:
-                a_p[:, :, j] = a_r[None, :, j]
     return PatchedBehaviour(direction=direction, hooks=list(hooks), n_layers=n_layers,
                             routing_positions=list(routing_positions), pi_r=pi_r, pi_d=pi_d, a_r=a_r, a_d=a_d,
                             pi_patched=pi_patched, a_patched=a_p, logp_r=logp_r, logp_d=logp_d,
                             logp_patched=logp_patched, n_targets=n_targets, strategies=list(strategies))
-
-
-def _fill_unswept(recipient, donor, tokenizer, problems, strategies, chat, max_rows, a_r, a_d, n_targets):
-    """The unpatched exact ``a`` of both models for the strategies that were not swept."""
-    for j, s in enumerate(STRATEGIES):
-        if s in strategies:
-            continue
-        for g in _by_steps(problems):
-            for chunk in _chunks(g, max_rows):
-                ps = [problems[i] for i in chunk]
-                metric = TraceLogProb(tokenizer, [p.prompt for p in ps], [make_trace(p, s) for p in ps], chat=chat)
-                batch = encode_batch(tokenizer, metric.prompts, metric.response_texts(), keys=[p.id for p in ps],
-                                     chat=chat)
-                plan = metric.plan(batch)
-                a_r[chunk, j] = np.exp(baseline(recipient, batch, metric, plan).double().numpy())
-                a_d[chunk, j] = np.exp(baseline(donor, batch, metric, plan).double().numpy())
-                n_targets[chunk, j] = [len(t) for t in metric._targets]
-    return a_r, a_d
 
 
 def recovery_curves(pb: PatchedBehaviour, *, n_boot: int = 1000, seed: int = 0, tol: float = TERM_TOL,
@@ -385,16 +362,3 @@ def earliest_layer(curve: Sequence[TermRecovery], threshold: float) -> int | Non
         if r.ci is not None and r.ci[0] > threshold:
             return layer
     return None
-
-
-def behaviour_check(pb: PatchedBehaviour, pi_ref: np.ndarray, a_ref: np.ndarray, role: str = "recipient") -> dict:
-    """How far the unpatched ``pi`` and ``a`` of the sweep are from the behaviour stage's (same
-    problems, same quantities; only float rounding of another batching should differ).
-
-    Returns:
-        ``{"max_abs_diff_pi", "max_abs_diff_a", "n"}``.
-    """
-    pi, a = (pb.pi_r, pb.a_r) if role == "recipient" else (pb.pi_d, pb.a_d)
-    return {"max_abs_diff_pi": float(np.abs(pi - np.asarray(pi_ref)).max()),
-            "max_abs_diff_a": float(np.abs(a - np.asarray(a_ref)).max()), "n": int(pi.shape[0])}
-

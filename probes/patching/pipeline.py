@@ -328,9 +328,10 @@ def _logit_diff_curves(pb: PatchedBehaviour, pos: str, **kw: Any) -> CurveResult
 
 def _trace_curves(pb: PatchedBehaviour, problems: Sequence[Problem], **kw: Any) -> CurveResult:
     """Secondary: recovery of the mean log-probability per token of the canonical traces, one row
-    per (problem, strategy) (nats/token)."""
-    per = lambda x: (x / pb.n_targets).reshape(*x.shape[:-2], -1)  # noqa: E731
-    groups = [p.id for p in problems for _ in STRATEGIES]
+    per (problem, swept strategy) (nats/token)."""
+    cols = [j for j, s in enumerate(STRATEGIES) if s in pb.strategies]
+    per = lambda x: (x[..., cols] / pb.n_targets[:, cols]).reshape(*x.shape[:-2], -1)  # noqa: E731
+    groups = [p.id for p in problems for _ in cols]
     return _curve(pb, "response", {"name": "trace_logprob_per_token", "unit": "nats/token"}, per(pb.logp_r),
                   per(pb.logp_d), per(pb.logp_patched), groups, **kw)
 

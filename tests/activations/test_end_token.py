@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from activations.batch import (EndTokenError, check_end_token, cut_at_stop, response_end, stop_token_ids)
 from tests.conftest import qwen_like_tokenizer
