@@ -49,6 +49,9 @@ class TokenBatch:
             ``=`` in the teacher-forced response (:func:`probes.task.traces.step_positions`);
             empty for inputs without a response.
         has_response: per input, whether a response was teacher-forced.
+        prompt_words: per input, the index (within the unpadded input) of the last token of each
+            whitespace-separated word of the task prompt, in word order (inside the chat template
+            with ``chat``), for ``words:i`` positions; empty where it was not computed.
         keys: per input, its row key (a problem id) for error messages and stores.
         padding_side: ``"left"`` or ``"right"``.
     """
@@ -63,6 +66,7 @@ class TokenBatch:
     has_response: list[bool]
     keys: list[str]
     padding_side: str
+    prompt_words: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -288,6 +292,22 @@ def _locate(key: str, prompt: str, response: str | None, offsets: list[tuple[int
     return end, steps
 
 
+def _prompt_word_tokens(key: str, prompt: str, rendered: str, offsets: list[tuple[int, int]]) -> list[int]:
+    """The token index of the last character of each word of the task ``prompt`` within the
+    ``rendered`` prompt (the prompt itself, or its chat template around it)."""
+    base = rendered.rfind(prompt)
+    if base < 0:
+        raise PositionError(f"{key}: the task prompt does not occur in the rendered prompt, so its words have no "
+                            "token positions (a chat template that rewrites the user message)")
+    out = []
+    for a, e in word_char_offsets(prompt):
+        tok = _token_at(offsets, base + e - 1)
+        if tok is None:
+            raise PositionError(f"{key}: no token covers prompt word {prompt[a:e]!r}")
+        out.append(tok)
+    return out
+
+
 def encode_batch(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -327,6 +347,7 @@ def encode_batch(
         raise ValueError(f"{n} prompts but {len(responses)} responses and {len(keys)} keys")
     if n == 0:
         raise ValueError("an empty batch: pass at least one prompt")
+    raw_prompts = list(prompts)
     prompts = [render_prompt(tokenizer, p, chat) for p in prompts]
     sep = response_separator(chat)
     texts = [model_text(p, r, chat) for p, r in zip(prompts, responses)]
@@ -342,7 +363,7 @@ def encode_batch(
     input_ids = torch.full((n, width), int(pad_id), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     pad_offset = torch.zeros(n, dtype=torch.long)
-    ends, steps = [], []
+    ends, steps, words = [], [], []
     for b in range(n):
         off = width - lengths[b] if padding_side == "left" else 0
         pad_offset[b] = off
@@ -351,6 +372,7 @@ def encode_batch(
         end, st = _locate(keys[b], prompts[b], responses[b], enc["offset_mapping"][b], len(sep))
         ends.append(end)
         steps.append(st)
+        words.append(_prompt_word_tokens(keys[b], raw_prompts[b], prompts[b], enc["offset_mapping"][b]))
     position_ids = mask.cumsum(-1) - 1
     position_ids.masked_fill_(mask == 0, 1)
     return TokenBatch(
@@ -364,4 +386,5 @@ def encode_batch(
         has_response=[r is not None for r in responses],
         keys=keys,
         padding_side=padding_side,
+        prompt_words=words,
     )

@@ -7,6 +7,10 @@ A position spec is one of:
 - ``steps``: the token of each step's ``=`` in a teacher-forced trace, where the model computes
   the step's result (:func:`probes.task.traces.step_positions`); needs a response;
 - ``all``: every real token;
+- ``words:i,j,...``: the last token of the task prompt's ``i``-th whitespace-separated word
+  (negative counts from the prompt's last word), so that one label is the same word role in
+  prompts of different lengths and tokenizations (``words:1`` the problem-type word, ``words:-1``
+  the prompt's last word); labels ``word:i``;
 - explicit indices, e.g. ``0,-1``: token indices within the unpadded input (negative counts from
   its end).
 
@@ -35,7 +39,7 @@ from torch import Tensor
 
 from activations.batch import PositionError, TokenBatch
 
-KINDS = ("prompt_end", "steps", "all", "index")
+KINDS = ("prompt_end", "steps", "all", "index", "words")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class PositionSpec:
     indices: tuple[int, ...] = ()
 
     def __str__(self) -> str:
+        if self.kind == "words":
+            return "words:" + ",".join(str(i) for i in self.indices)
         return ",".join(str(i) for i in self.indices) if self.kind == "index" else self.kind
 
 
@@ -65,12 +71,14 @@ def parse_positions(specs: str | Sequence[str]) -> tuple[PositionSpec, ...]:
         s = str(s).strip()
         if s in ("prompt_end", "steps", "all"):
             out.append(PositionSpec(s))
+        elif re.fullmatch(r"words:-?\d+(,-?\d+)*", s):
+            out.append(PositionSpec("words", tuple(int(x) for x in s[len("words:"):].split(","))))
         elif re.fullmatch(r"-?\d+(,-?\d+)*", s):
             out.append(PositionSpec("index", tuple(int(x) for x in s.split(","))))
         else:
             raise ValueError(
-                f"unknown position {s!r}: use prompt_end, steps, all, or token indices such as "
-                "0,-1 (within the unpadded input; negative from its end)"
+                f"unknown position {s!r}: use prompt_end, steps, all, prompt words such as words:1,-1, or "
+                "token indices such as 0,-1 (within the unpadded input; negative from its end)"
             )
     if not out:
         raise ValueError("no positions given: use prompt_end, steps, all, or token indices")
@@ -122,8 +130,8 @@ def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch
     in order.
 
     Raises:
-        PositionError: ``steps`` for an input without a response, or an explicit index outside
-            an input (the message names the input's key).
+        PositionError: ``steps`` for an input without a response, or an explicit index or
+            prompt word outside an input (the message names the input's key).
     """
     if not specs or not isinstance(next(iter(specs)), PositionSpec):
         specs = parse_positions(specs)  # type: ignore[arg-type]
@@ -149,6 +157,16 @@ def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch
                     rows.append(b)
                     pos.append(p)
                     labels.append(f"step:{j}")
+            elif spec.kind == "words":
+                tokens = batch.prompt_words[b] if batch.prompt_words else []
+                for i in spec.indices:
+                    if not -len(tokens) <= i < len(tokens):
+                        raise PositionError(
+                            f"{batch.keys[b]}: prompt word {i} is out of range for a prompt of {len(tokens)} words "
+                            f"(use -{len(tokens)}..{len(tokens) - 1})")
+                    rows.append(b)
+                    pos.append(tokens[i])
+                    labels.append(f"word:{i}")
             elif spec.kind == "all":
                 rows += [b] * n
                 pos += list(range(n))

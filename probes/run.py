@@ -40,12 +40,15 @@ from typing import NoReturn
 
 from probes.runfolder import RunFolder, read_json, stable_hash, write_json
 from probes.runconfig import DEVICE_MAPS
-from probes.stages import STAGES
+from probes.stages import STAGES, cache_positions
 
 SCHEMA_VERSION = 2
 PATCHING_ENGINE = 2
 """Bumped when the patching stage's numbers change for the same inputs (2: the mechanistic
 decomposition on the run's problems), so that older patching stages rerun."""
+PROBES_ENGINE = 2
+"""Likewise for the probes stage (2: the within-type propensity map, Newton-fitted logistic probes,
+the prompt slots in the cache), so that older probe stages rerun."""
 DEFAULT_GRID_ROOT = "checkpoints/organism"
 
 
@@ -306,9 +309,10 @@ def stage_hashes(cfg) -> dict[str, str]:
     own = {
         "behaviour": {"w": w, "n": cfg.n_problems, "steps": cfg.steps, "samples": cfg.samples, "forced": cfg.forced,
                       "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot, **runs},
-        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cfg.probe_position, "backend": cfg.backend,
+        "cache": {"w": w, "hook": cfg.probe_hook, "pos": cache_positions(cfg), "backend": cfg.backend,
                   "chunk": cfg.cache_chunk, **runs},
-        "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot, **runs},
+        "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot,
+                   "engine": PROBES_ENGINE, **runs},
         "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend,
                      "engine": PATCHING_ENGINE, **runs},
         "verdict": {"schema": SCHEMA_VERSION},
@@ -416,6 +420,51 @@ def run_verdict(pooled: dict, pv: dict) -> dict:
     return out
 
 
+def probe_text(probes: dict) -> str:
+    """The probe section's words: per model, whether the within-type propensity probe is
+    informative (:mod:`probes.probing.propensity`), where it forms, the sampled-strategy AUROC
+    against its ceiling, and the steering headline."""
+    out = ["The headline target is the model's own strategy propensity *within* a problem type: "
+           "logit(F) - logit(B) at the first response token, minus its type's training mean. Probes read the "
+           "residual stream (ridge, grouped CV) at every prompt slot x layer; baselines see only the prompt's "
+           "surface (type x field, type x chain length, prompt tokens, all of them). Rule: "
+           + str(next((pm.get("rule") for pm in (probes.get("propensity") or {}).values() if pm.get("rule")), "")) + ".",
+           ""]
+    def auc(sc: dict) -> str:
+        return "undefined" if sc.get("value") is None else f"{sc['value']:.3f}" + (
+            f" [{sc['ci'][0]:.3f}, {sc['ci'][1]:.3f}]" if sc.get("ci") else "")
+
+    order = ("pre", "post")
+    prop = probes.get("propensity") or {}
+    for model, pm in sorted(prop.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 2):
+        h = pm.get("headline") or {}
+        out.append(f"- **{model}-RL: {h.get('statement') or pm.get('reason', 'skipped')}**")
+        e = pm.get("earliest")
+        if pm.get("status") == "ok":
+            out.append("  - earliest (position, layer) above the best surface baseline: "
+                       + (f"{e['position_name']} (`{e['position']}`), layer {e['layer']}" if e else "none"))
+            smp = pm.get("samples") or {}
+            if smp.get("auroc"):
+                a = smp["auroc"]
+                out.append(f"  - sampled strategies ({smp['n_samples']} samples): within-type AUROC probe "
+                           f"{auc(a['probe'])}, Bayes ceiling (the model's own log-odds) {auc(a['ceiling'])}, best "
+                           f"surface {auc(a['surface'])}")
+            elif smp.get("reason"):
+                out.append(f"  - sampled strategies: {smp['reason']}")
+        if pm.get("map_note"):
+            out.append(f"  - {pm['map_note']}")
+    for model, d in (probes.get("steering") or {}).items():
+        if d.get("status") == "ok" and d.get("dpf_per_dose"):
+            sl = d["dpf_per_dose"]
+            out.append(f"- causal check, {model}-RL: steering along the strategy probe's difference of means at "
+                       f"{d['site']} changes P(F) by {_fmt_score(sl['mean'], sl['ci'])} per unit of dose")
+        elif d.get("reason"):
+            out.append(f"- causal check, {model}-RL: skipped ({d['reason']})")
+    out.append("\nThe map's change from pre-RL to post-RL (its last panel) is the probe-side evidence of selection, "
+               "beside the patching curves below. Details: probes/probes.json (`propensity`, `steering`, `models`).")
+    return "\n".join(out)
+
+
 def write_run_report(cfg, run: RunFolder, res: dict):
     from analyses.behaviour import decomposition_figure, strategy_figure
     from analyses.patching import recovery_figure
@@ -437,6 +486,17 @@ def write_run_report(cfg, run: RunFolder, res: dict):
             dest = run.root / "figures" / f"{sub}_{f.name}"
             shutil.copy2(f, dest)
             figs.append(dest)
+
+    def probe_figures() -> list:
+        # the stage's own order leads (within-type propensity, its map, the steering headline); the
+        # type-saturated strategy curve (analyses.probes) comes after them, as secondary
+        own = section_figures("probes", "")[1 if headline["probes"] else 0:]
+        lead = [f for f in own if f.path.split("probes_", 1)[-1].startswith(("propensity_", "steering_dose"))]
+        rest = [f for f in own if f not in lead]
+        sec = [Figure(str(headline["probes"].relative_to(run.root)), "secondary: the greedy strategy probe's "
+                      "held-out balanced accuracy per layer with baselines (saturated by the problem type; "
+                      "analyses.probes)")] if headline["probes"] else []
+        return lead + sec + rest
 
     def section_figures(sub: str, caption: str) -> list:
         out = [Figure(str(headline[sub].relative_to(run.root)), caption)] if headline[sub] else []
@@ -476,9 +536,7 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                 + "\n\nShapley split: selection = sum_s (pi' - pi)(a + a')/2, improvement = sum_s (pi + pi')/2 (a' - a); "
                   "interaction is the one-sided ordering's at the pre-RL model's values.",
                 [Figure("figures/behaviour_decomposition.png", "delta = selection + improvement, with 95% bootstrap CIs")]),
-        Section("Probes", "Linear probes at `prompt_end` of every layer (probes/probes.json).",
-                section_figures("probes", "strategy probe: held-out balanced accuracy per layer, pre-RL and post-RL, "
-                                "with baselines (analyses.probes)")),
+        Section("Probes", probe_text(res.get("probes") or {}), probe_figures()),
         Section("Patching", "Cross-model patching in the behaviour's units (the mechanistic decomposition: the "
                 "post-RL residual stream written into the pre-RL model, at the prompt positions for selection and at "
                 "the trace positions for improvement), then the secondary nats-based curves (routing_*, execution), "
@@ -559,6 +617,13 @@ def verdict_lines(run: RunFolder) -> list[str]:
                          f"{k} layer {forms[k]}" for k in ("selection", "improvement") if forms.get(k) is not None))
     b = v["behaviour"]
     lines.append(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
+    prop = ((res.get("probes") or {}).get("propensity")) or {}
+    for model, pm in sorted(prop.items(), key=lambda kv: ("pre", "post").index(kv[0]) if kv[0] in ("pre", "post") else 2):
+        h = pm.get("headline") or {}
+        e = pm.get("earliest")
+        where = f"; earliest above the surface: {e['position_name']} layer {e['layer']}" if e else ""
+        lines.append(f"  probe ({model}-RL, within-type propensity): "
+                     + (h.get("statement") or pm.get("reason", "skipped")).split(":")[0] + where)
     secs = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGES}
     lines.append("  stage times: " + ", ".join(f"{s} {t:.1f} s" for s, t in secs.items() if t is not None))
     return lines

@@ -59,9 +59,17 @@ def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
             "problems": [p.id for p in problems]}
 
 
+def cache_positions(cfg: RunConfig) -> str:
+    """What the cache stage stores: ``probe_position`` and the task's prompt slots (the probes'
+    position x layer map, :data:`probes.task.problems.MAP_POSITIONS`)."""
+    from probes.task.problems import MAP_POSITIONS
+
+    return f"{cfg.probe_position} {MAP_POSITIONS}"
+
+
 def cache(cfg: RunConfig, run: RunFolder) -> dict:
-    """Activations of both checkpoints at every layer's ``probe_hook`` at ``probe_position``
-    (``store/pre``, ``store/post``), in chunks of ``cache_chunk`` problems; an interrupted store
+    """Activations of both checkpoints at every layer's ``probe_hook`` at ``probe_position`` and
+    the prompt slots (:func:`cache_positions`; ``store/pre``, ``store/post``), in chunks of ``cache_chunk`` problems; an interrupted store
     resumes from its finished chunks (``activations.store.StoreWriter``)."""
     from activations.backends import make_backend
     from activations.cache import cache_activations, read_records
@@ -77,7 +85,7 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
                         "inputs", role, len(finished))
         ckpt = load_checkpoint(src, dtype=cfg.dtype, device=cfg.device)
         backend = make_backend(cfg.backend, ckpt)
-        store = cache_activations(backend, records, f"blocks.*.{cfg.probe_hook}", cfg.probe_position,
+        store = cache_activations(backend, records, f"blocks.*.{cfg.probe_hook}", cache_positions(cfg),
                                   root, batch_size=cfg.batch_size, chunk_size=cfg.cache_chunk, chat=cfg.chat,
                                   overwrite=True)  # a store from other inputs is stale: this stage's hash changed
         out[role] = {"dir": f"store/{role}", "rows": store.n_rows, "chunks": store.manifest["n_chunks"],
@@ -88,9 +96,12 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
 
 def probes(cfg: RunConfig, run: RunFolder) -> dict:
     """Linear probes on both stores (``probes/probes.json`` and figures)."""
+    import shutil
+
     from probes.probing.report import probe_report
     from probes.probing.sweep import ProbeConfig
 
+    shutil.rmtree(run.path("probes", "figures", "x").parent, ignore_errors=True)  # no stale figure of an earlier run
     res = probe_report(
         str(run.root / "store" / "pre"), str(run.root / "store" / "post"),
         str(run.root / "behavior" / "behavior.reference.jsonl"), str(run.root / "behavior" / "behavior.model.jsonl"),

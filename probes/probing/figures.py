@@ -243,14 +243,150 @@ def plot_dose_response(dose: dict, path) -> Path:
         ci = np.array([r["ci"] for r in dose["p_forward"]])
         ax.plot(a, pf, "-o", color="k", ms=3, label="P(F) at first token")
         ax.fill_between(a, ci[:, 0], ci[:, 1], color="k", alpha=0.12)
+        ga = np.array(dose.get("generated_alphas") or dose["alphas"])
         for key, style in (("generated", "--"), ("generated_first_word", ":")):
             if dose.get(key):
                 for s, color in (("forward", "tab:green"), ("backward", "tab:red"), ("unparseable", "tab:gray")):
-                    ax.plot(a, [g[s] for g in dose[key]], style, color=color, marker=".",
+                    ax.plot(ga, [g[s] for g in dose[key]], style, color=color, marker=".",
                             label=f"{s} share ({key.replace('_', ' ')})")
         ax.legend(fontsize=7)
     ax.set_xlabel("alpha (multiples of mu_F - mu_B added at the prompt end)")
     ax.set_ylabel("probability / share of responses (fraction)")
-    ax.set_title(f"steering dose-response at {dose.get('site', '?')}")
+    slope = dose.get("dpf_per_dose")
+    ax.set_title(f"steering dose-response at {dose.get('site', '?')}"
+                 + (f"\ndP(F)/d(alpha) = {_fmt_sc({'value': slope['mean'], 'ci': slope['ci']})}" if slope else ""),
+                 fontsize=9)
     ax.set_ylim(-0.02, 1.02)
+    return _save(fig, path)
+
+
+def plot_steering_headline(doses: Mapping[str, dict], path) -> Path:
+    """The causal headline: P(F) at the first response token (95% CI) against the dose of the
+    probe's difference-of-means direction, pre-RL and post-RL on one axis, each labelled with the
+    change of P(F) per unit of dose (:func:`probes.probing.steering.steering_dose_response`)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for i, (name, dose) in enumerate(doses.items()):
+        if dose.get("status") != "ok":
+            continue
+        color = _COLORS.get(name, f"C{i}")
+        a = np.array(dose["alphas"])
+        pf = np.array([r["mean"] for r in dose["p_forward"]])
+        ci = np.array([r["ci"] for r in dose["p_forward"]])
+        s = dose.get("dpf_per_dose") or {}
+        ax.plot(a, pf, "-o", color=color, ms=3, label=f"{name} ({dose['site']}): dP(F)/d(alpha) = "
+                f"{_fmt_sc({'value': s.get('mean'), 'ci': s.get('ci')})}")
+        ax.fill_between(a, ci[:, 0], ci[:, 1], color=color, alpha=0.15, lw=0)
+        drawn = True
+    if not drawn:
+        _empty(ax, "steering skipped for every model")
+    else:
+        ax.legend(fontsize=7)
+    ax.set_xlabel("alpha (multiples of mu_F - mu_B added at the prompt end)")
+    ax.set_ylabel("P(F) at the first response token")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("causal check: steering along the strategy probe's direction")
+    return _save(fig, path)
+
+
+def plot_propensity_curve(results: Mapping[str, dict], path) -> Path:
+    """The headline probe figure: per layer, the within-type R^2 of the propensity probe at the
+    prompt end (95% CI), each model beside its surface baselines (flat lines) and the ceiling
+    (1: the target is the model's own log-odds); the panel title says whether it is informative
+    (:func:`probes.probing.propensity.propensity_map`)."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    lines = []
+    for i, (name, r) in enumerate(results.items()):
+        color = _COLORS.get(name, f"C{i}")
+        if r.get("status") != "ok":
+            lines.append(f"{name}: {r.get('reason', 'skipped')}")
+            continue
+        c = r["curve"]
+        xs = np.array(c["layers"])
+        ys = np.array([v["value"] if v["value"] is not None else np.nan for v in c["r2"]])
+        lo = np.array([(v["ci"] or [np.nan] * 2)[0] for v in c["r2"]], dtype=float)
+        hi = np.array([(v["ci"] or [np.nan] * 2)[1] for v in c["r2"]], dtype=float)
+        ax.plot(xs, ys, "o-", color=color, label=f"{name}: probe at {c['position']}")
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
+        best = r["best_surface"]
+        for key, style in ((best, "--"), ("type", ":")):
+            v = (r["baselines"].get(key) or {}).get("r2", {}).get("value")
+            if v is not None:
+                ax.axhline(v, color=color, ls=style, lw=1, alpha=0.7, label=f"{name}: {key} baseline")
+        h = r["headline"]
+        lines.append(f"{name}: {'informative' if h['informative'] else 'NOT informative'} (layer {h['layer']}: "
+                     f"R^2 minus best surface {_fmt_sc(h['difference'])})")
+    ax.axhline(1.0, color="gray", lw=0.8, label="ceiling (the model's own log-odds)")
+    ax.set_xlabel("layer (block index)")
+    ax.set_ylabel("within-type R^2 of logit(F) - logit(B)")
+    ax.set_ylim(min(-0.1, ax.get_ylim()[0]), 1.05)
+    ax.set_title("Does the residual stream say more than the prompt's surface?\n" + "\n".join(lines), fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _fmt_sc(sc: dict) -> str:
+    if not sc or sc.get("value") is None:
+        return "undefined"
+    ci = sc.get("ci")
+    return f"{sc['value']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+
+
+def _map_values(result: dict) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in result["map"]["r2"]], dtype=float)
+
+
+def plot_propensity_maps(results: Mapping[str, dict], path) -> Path:
+    """Where the decision forms, and how RL moved it: for each model, the within-type R^2 of the
+    propensity probe at every prompt position (rows, in prompt order) x layer (columns), the
+    cells whose difference to the best surface baseline has a 95% CI above 0 outlined and the
+    earliest such cell marked (*); with two models, a last panel of their difference (second
+    minus first) on the positions both hold."""
+    ok = {n: r for n, r in results.items() if r.get("status") == "ok"}
+    names = list(ok)
+    panels = names + (["diff"] if len(names) == 2 else [])
+    first = ok[names[0]]
+    P, L = len(first["positions"]), len(first["layers"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 + (0.75 * L + 0.9) * len(panels), 1.4 + 0.3 * P),
+                             squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        if name == "diff":
+            a, b = ok[names[0]], ok[names[1]]
+            common = [p for p in b["positions"] if p in a["positions"]]
+            va, vb = _map_values(a), _map_values(b)
+            vals = np.array([vb[b["positions"].index(p)] - va[a["positions"].index(p)] for p in common])
+            res, cmap, lim = b, "RdBu_r", max(0.05, float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1)
+            im = ax.imshow(vals, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+            ax.set_title(f"{names[1]} - {names[0]}", fontsize=8)
+            labels = [b["position_names"][b["positions"].index(p)] for p in common]
+        else:
+            res = ok[name]
+            vals = _map_values(res)
+            im = ax.imshow(vals, cmap="viridis", vmin=min(0.0, float(np.nanmin(vals)) if np.isfinite(vals).any()
+                                                            else 0.0), vmax=1.0, aspect="auto")
+            for p, row in enumerate(res["map"]["decodable"]):
+                for j, dec in enumerate(row):
+                    if dec:
+                        ax.add_patch(plt.Rectangle((j - 0.5, p - 0.5), 1, 1, fill=False, ec="white", lw=1.5))
+            e = res.get("earliest")
+            if e:
+                ax.text(res["layers"].index(e["layer"]) + 0.42, res["positions"].index(e["position"]) - 0.2, "*",
+                        color="red", fontsize=12, ha="right", va="center")
+            base = res["baselines"][res["best_surface"]]["r2"].get("value")
+            ax.set_title(f"{name}: within-type R^2\n(best surface: {res['best_surface']}, "
+                         f"{'n/a' if base is None else f'{base:.2f}'})", fontsize=8)
+            labels = res["position_names"]
+        for p in range(vals.shape[0]):
+            for j in range(vals.shape[1]):
+                if np.isfinite(vals[p, j]):
+                    ax.text(j, p, f"{vals[p, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="black" if (name != "diff" and vals[p, j] > 0.6) or name == "diff" else "white")
+        ax.set_xticks(range(vals.shape[1]), [str(v) for v in res["layers"]])
+        ax.set_yticks(range(vals.shape[0]), labels, fontsize=7)
+        ax.set_xlabel("layer (block index)")
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.suptitle("where the within-type propensity is decodable (outlined: above the best surface baseline, "
+                 "paired 95% CI; *: earliest)", fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

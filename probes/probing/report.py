@@ -8,13 +8,16 @@ models themselves it adds the steering dose-response at each model's best strate
     probe_report("runs/x/cache/pre", "runs/x/cache/post", "runs/x/behavior.pre.jsonl",
                  "runs/x/behavior.post.jsonl", "runs/x/probes", models=("ckpt/pre", "ckpt/post"))
 
-``probes.json`` (``schema_version`` 1): ``config``, ``settings`` (hooks, position, targets,
+``probes.json`` (``schema_version`` 2): ``config``, ``settings`` (hooks, position, targets,
 steering doses), ``split`` (held-out chains, shared by every model, hook and target),
 ``models[NAME][TARGET]`` (the :func:`~probes.probing.sweep.probe_layers` summaries of the
 primary hook), ``transfer[TARGET]`` (:func:`~probes.probing.transfer.probe_transfer`),
 ``sites[HOOK]`` (``models`` and ``transfer`` of every hook, when several are probed),
+``propensity[NAME]`` (the headline: the within-type propensity probe at every prompt slot x layer
+against the surface baselines, :func:`~probes.probing.propensity.propensity_map`),
 ``steering[NAME]`` (:func:`~probes.probing.steering.steering_dose_response` at the primary hook,
-or ``status = "skipped"`` with the reason) and ``figures`` (paths relative to the output
+or ``status = "skipped"`` with the reason) and ``figures`` (the propensity curve, its map and the
+steering headline first) (paths relative to the output
 folder; hooks after the first prefix theirs with the hook name). Written atomically.
 """
 
@@ -39,8 +42,11 @@ from probes.probing.transfer import probe_transfer
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-DEFAULT_TARGETS: tuple[str, ...] = ("strategy", "propensity", "type", "correct")
+SCHEMA_VERSION = 2
+DEFAULT_TARGETS: tuple[str, ...] = ("strategy", "correct")
+"""The default targets: the strategy about to be used (the type-saturated curve, secondary to the
+within-type propensity map, :mod:`probes.probing.propensity`) and greedy correctness. ``type`` and
+the pooled ``propensity`` regression remain available (``python -m probes.fit --target``)."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -218,13 +224,81 @@ def run_probes(
     result["transfer"] = result["sites"][h]["transfer"]
     if len(hooks) == 1:
         del result["sites"]
+    result["propensity"] = _propensity(opened, sets, labs, h, test_groups, cfg)
+    if any(pm.get("status") == "ok" for pm in result["propensity"].values()):
+        fig_dir = out_dir / "figures"
+        result["figures"][:0] = [str(f.relative_to(out_dir)) for f in (
+            figures.plot_propensity_curve(result["propensity"], fig_dir / "propensity_within_type.png"),
+            figures.plot_propensity_maps(result["propensity"], fig_dir / "propensity_map.png"))]
     result["steering"] = _steering(models, names, fits, sets, labs, h, steer_alphas, steer_n, steer_generate,
                                    steer_max_new_tokens, cfg, progress, chat)
+    if any(d.get("status") == "ok" for d in result["steering"].values()):
+        result["figures"].insert(2, str(figures.plot_steering_headline(result["steering"], out_dir / "figures" /
+                                                                       "steering_dose_response.png").relative_to(out_dir)))
     for n, dose in result["steering"].items():
         result["figures"].append(str(figures.plot_dose_response(dose, out_dir / "figures" / f"steering_{n}.png")
                                      .relative_to(out_dir)))
     write_json_atomic(out_dir / "probes.json", result)
     return _jsonable(result)
+
+
+def _map_positions(store, keys: list[str], hook: str, layers: list[int]) -> tuple[list[str], list[np.ndarray]]:
+    """The position x layer map's positions the store holds (the task's prompt slots, in prompt
+    order, :data:`probes.task.problems.PROMPT_SLOTS`) and their ``[L, n, d]`` activations in the
+    row order of ``keys``; a slot some problem lacks is left out."""
+    from probes.task.problems import PROMPT_SLOTS
+
+    have = set(store.labels)
+    positions, arrays = [], []
+    for _, i in PROMPT_SLOTS:
+        label = f"word:{i}"
+        if label not in have or label in positions:
+            continue
+        ps = read_probe_set(store, hook, label, layers)
+        where = {k: r for r, k in enumerate(ps.keys)}
+        if not all(k in where for k in keys):
+            continue
+        positions.append(label)
+        arrays.append(ps.X[:, [where[k] for k in keys]])
+    return positions, arrays
+
+
+def _propensity(opened, sets, labs, hook, test_groups, cfg) -> dict:
+    """The within-type propensity map of each model (:func:`probes.probing.propensity.propensity_map`):
+    the prompt slots the store holds and ``prompt_end``, every layer, on the shared split."""
+    from probes.probing.propensity import propensity_map
+    from probes.probing.splits import inner_folds
+    from probes.task.problems import PROMPT_SLOTS
+
+    names = {f"word:{i}": name for name, i in PROMPT_SLOTS}
+    names["prompt_end"] = "prompt end"
+    out = {}
+    for n, store in opened.items():
+        ps = sets[n]
+        y = np.array([labs[n].by_id[k].logit_diff if labs[n].by_id[k].logit_diff is not None else np.nan
+                      for k in ps.keys], dtype=np.float64)
+        if not np.isfinite(y).any():
+            out[n] = {"status": "skipped", "reason": "no logit difference in the behaviour rows"}
+            continue
+        positions, arrays = _map_positions(store, ps.keys, hook, ps.layers)
+        same = [i for i, a in enumerate(arrays) if np.array_equal(a, ps.X)]  # the prompt's last word is
+        positions = [p for i, p in enumerate(positions) if i not in same]  # prompt_end without a chat template
+        arrays = [a for i, a in enumerate(arrays) if i not in same]
+        X = np.stack(arrays + [ps.X])
+        positions = positions + ["prompt_end"]
+        in_test = np.isin(ps.groups, test_groups)
+        train, test = np.nonzero(~in_test)[0], np.nonzero(in_test)[0]
+        folds = [(train[a], train[b]) for a, b in inner_folds(None, ps.groups[train], cfg.n_splits, seed=cfg.seed)]
+        problems = [labs[n].by_id[k].problem for k in ps.keys]
+        res = propensity_map(X, positions, ps.layers, problems, y, ps.groups, train, test, folds,
+                             samples=[labs[n].by_id[k].samples for k in ps.keys], position_names=names,
+                             n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level)
+        if len(positions) == 1:
+            res["map_note"] = ("the store holds prompt_end only: the position x layer map needs the prompt slots "
+                               "cached (positions 'prompt_end " + "words:" + ",".join(str(i) for _, i in PROMPT_SLOTS)
+                               + "'; python -m probes.run caches them)")
+        out[n] = res
+    return out
 
 
 def _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, figure_list, progress):

@@ -72,7 +72,7 @@ class _PromptEndAdder:
             return h
         self.calls += 1
         h = h.clone()
-        h[:, self.prompt_len - 1] += self.vector.to(h.dtype).to(h.device)
+        h[:, self.prompt_len - 1] += self.vector.to(h.dtype).to(h.device)  # [d] or one row per input [b, d]
         return h
 
 
@@ -80,7 +80,8 @@ class _PromptEndAdder:
 def add_at_prompt_end(model, site: str, vector: torch.Tensor | np.ndarray):
     """Hold a hook that adds ``vector`` ``[d_model]`` at the last prompt token of ``site``.
 
-    Yields an object whose ``prompt_len`` must be set to the (left-padded) prompt length of the
+    Yields an object whose ``vector`` may be replaced between calls (``[d_model]``, or
+    ``[batch, d_model]``: one vector per input of the next call) and whose ``prompt_len`` must be set to the (left-padded) prompt length of the
     batch before each forward or ``generate`` call (:func:`steered_first_token` and
     :func:`steered_generate` do it); ``calls`` counts the forwards it changed.
 
@@ -121,20 +122,34 @@ def _encode(tokenizer, prompts, device, chat: bool = False):
         tokenizer.padding_side = old
 
 
+def _vectors(vector, n: int) -> torch.Tensor:
+    """``vector`` as a float32 tensor: ``[d]`` (every input) or ``[n, d]`` (one per input).
+
+    Raises:
+        ValueError: a 2-D vector without one row per input.
+    """
+    v = torch.as_tensor(np.asarray(vector), dtype=torch.float32)
+    if v.ndim == 2 and v.shape[0] != n:
+        raise ValueError(f"{v.shape[0]} steering vectors for {n} prompts: give one vector, or one per prompt")
+    return v
+
+
 @torch.no_grad()
 def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64,
                         chat: bool = False):
-    """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` added at
-    the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats).
+    """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` (``[d]``, or
+    ``[n, d]``: one per prompt) added at the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats).
     ``prompts`` are model inputs (already rendered in the chat template with ``chat``, which
     picks the strategy tokens that follow the generation prompt)."""
     f_id = response_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat)
     b_id = response_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat)
     device = next(model.parameters()).device
     pf, ld = [], []
-    with add_at_prompt_end(model, site, vector) as adder:
+    vec = _vectors(vector, len(prompts))
+    with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
         for s in range(0, len(prompts), batch_size):
             enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
+            adder.vector = vec if vec.ndim == 1 else vec[s:s + batch_size]
             adder.prompt_len = enc["input_ids"].shape[1]
             logits = model(**enc).logits[:, -1].float()
             pf.append(logits.softmax(-1)[:, f_id].cpu().numpy())
@@ -144,17 +159,22 @@ def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vec
 
 @torch.no_grad()
 def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector, max_new_tokens: int = 64,
-                     batch_size: int = 64, chat: bool = False) -> list[str]:
-    """Greedy responses with ``vector`` added at the prompt end of ``site`` (held during the
+                     batch_size: int = 64, chat: bool = False, progress: bool = False) -> list[str]:
+    """Greedy responses with ``vector`` (``[d]``, or ``[n, d]``: one per prompt) added at the prompt end of ``site`` (held during the
     whole generation; the prompt's cached keys and values carry it). ``prompts`` are model inputs
     (rendered in the chat template with ``chat``); each response ends at its end token
     (:func:`activations.batch.stop_token_ids`)."""
     device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer, chat)
     out: list[str] = []
-    with add_at_prompt_end(model, site, vector) as adder:
-        for s in range(0, len(prompts), batch_size):
+    vec = _vectors(vector, len(prompts))
+    from tqdm.auto import tqdm
+
+    with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
+        for s in tqdm(range(0, len(prompts), batch_size), desc="steered generation", disable=not progress,
+                      leave=False):
             enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
+            adder.vector = vec if vec.ndim == 1 else vec[s:s + batch_size]
             adder.prompt_len = enc["input_ids"].shape[1]
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
@@ -176,7 +196,7 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
         direction: ``[d_model]`` the vector added at ``alpha = 1`` (activation units; use the
             difference of class means ``mu_forward - mu_backward``).
         alphas: the doses (include 0 for the unsteered model).
-        generate: also generate greedy responses and label their strategy.
+        generate: also generate greedy responses at the extreme doses and 0 and label their strategy.
         max_new_tokens: generation budget, in tokens.
         chat: render the prompts in the tokenizer's chat template
             (:func:`activations.batch.render_prompt`).
@@ -184,15 +204,15 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     Returns:
         ``{"site", "direction_norm", "alphas", "p_forward": [{"mean", "ci"}], "logit_diff":
         [{"mean", "ci"}], "delta_p_forward": [float] (vs alpha = 0, or vs the first alpha when 0
-        is absent), "generated": [{"forward", "backward", "unparseable"}] shares of the greedy
-        responses labelled by the full trace grammar and "generated_first_word": the same by the
+        is absent) and "delta_p_forward_ci" (paired per prompt), "dpf_per_dose": {"mean", "ci",
+        "units"} (the causal headline: the change of P(F) per unit of dose), "generated":
+        [{"forward", "backward", "unparseable"}] at each of "generated_alphas" (the smallest and
+        largest dose and 0), shares of the greedy responses labelled by the full trace grammar and "generated_first_word": the same by the
         first word alone (with ``generate``), "n": n}``.
 
     Raises:
         ValueError: an unsupported site or a direction of the wrong width.
     """
-    from tqdm.auto import tqdm
-
     direction = np.asarray(direction, dtype=np.float32).reshape(-1)
     d_model = decoder_layers(model)[0].self_attn.o_proj.out_features if hasattr(decoder_layers(model)[0], "self_attn") else None
     if d_model is not None and direction.size != d_model:
@@ -206,24 +226,46 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
         res["generated"], res["generated_first_word"] = [], []
     was_training = model.training
     model.eval()
-    base_pf = None
+    n, A = len(prompts), len(alphas)
+    # every (dose, prompt) is one input: the doses run in the same batches, one vector per input
+    rows = [p for _ in alphas for p in prompts]
+    vecs = np.repeat(np.asarray(alphas, dtype=np.float32)[:, None] * direction[None, :], n, axis=0)
+    big = max(batch_size, 4 * batch_size)
+    # greedy responses at the two extreme doses and 0 only: generation costs tens of forwards per
+    # input, and the first-token P(F) at every dose is the headline
+    gen_alphas = sorted({min(alphas), max(alphas)} | ({0.0} if 0.0 in alphas else set()))
+    gen_k = [alphas.index(a) for a in gen_alphas]
     try:
-        for a in tqdm(alphas, desc="steering", disable=not progress, leave=False):
-            v = a * direction
-            pf, ld = steered_first_token(model, tokenizer, prompts, site, v, batch_size, chat=chat)
-            res["p_forward"].append({"mean": float(pf.mean()), "ci": list(bootstrap_mean_ci(pf, n_boot, seed))})
-            res["logit_diff"].append({"mean": float(ld.mean()), "ci": list(bootstrap_mean_ci(ld, n_boot, seed))})
-            if a == 0.0:
-                base_pf = float(pf.mean())
-            if generate:
-                texts = steered_generate(model, tokenizer, prompts, site, v, max_new_tokens, batch_size, chat=chat)
-                labs = [label(t) for t in texts]
-                firsts = [first_token_strategy(t) for t in texts]
-                res["generated"].append({s: labs.count(s) / len(labs) for s in ("forward", "backward", UNPARSEABLE)})
-                res["generated_first_word"].append(
-                    {s: firsts.count(s) / len(firsts) for s in ("forward", "backward", UNPARSEABLE)})
+        pf, ld = steered_first_token(model, tokenizer, rows, site, vecs, big, chat=chat)
+        pf, ld = pf.reshape(A, n), ld.reshape(A, n)
+        texts = []
+        if generate:
+            sel = np.concatenate([np.arange(k * n, (k + 1) * n) for k in gen_k])
+            texts = steered_generate(model, tokenizer, [rows[i] for i in sel], site, vecs[sel], max_new_tokens, big,
+                                     chat=chat, progress=progress)
     finally:
         model.train(was_training)
-    ref = base_pf if base_pf is not None else res["p_forward"][0]["mean"]
-    res["delta_p_forward"] = [r["mean"] - ref for r in res["p_forward"]]
+    for k in range(A):
+        res["p_forward"].append({"mean": float(pf[k].mean()), "ci": list(bootstrap_mean_ci(pf[k], n_boot, seed))})
+        res["logit_diff"].append({"mean": float(ld[k].mean()), "ci": list(bootstrap_mean_ci(ld[k], n_boot, seed))})
+    if generate:
+        res["generated_alphas"] = gen_alphas
+        for j in range(len(gen_k)):
+            labs = [label(t) for t in texts[j * n:(j + 1) * n]]
+            firsts = [first_token_strategy(t) for t in texts[j * n:(j + 1) * n]]
+            res["generated"].append({s: labs.count(s) / len(labs) for s in ("forward", "backward", UNPARSEABLE)})
+            res["generated_first_word"].append(
+                {s: firsts.count(s) / len(firsts) for s in ("forward", "backward", UNPARSEABLE)})
+    k0 = alphas.index(0.0) if 0.0 in alphas else 0
+    base_pf = float(pf[k0].mean())
+    # the headline causal number: the change of P(F) per unit of dose, per prompt the least-squares
+    # slope over the doses, then its mean over prompts with a bootstrap CI
+    if A >= 2:
+        a = np.asarray(alphas) - np.mean(alphas)
+        slopes = (a[:, None] * (pf - pf.mean(0, keepdims=True))).sum(0) / (a**2).sum()
+        res["dpf_per_dose"] = {"mean": float(slopes.mean()), "ci": list(bootstrap_mean_ci(slopes, n_boot, seed)),
+                               "units": "probability per multiple of mu_F - mu_B (least-squares slope over the doses, "
+                                        "per prompt, mean over prompts)"}
+    res["delta_p_forward_ci"] = [list(bootstrap_mean_ci(pf[k] - pf[k0], n_boot, seed)) for k in range(A)]
+    res["delta_p_forward"] = [r["mean"] - base_pf for r in res["p_forward"]]
     return res

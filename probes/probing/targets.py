@@ -52,13 +52,15 @@ class LabelsError(ValueError):
 class ProblemLabels:
     """What is known of one problem. ``strategy`` is ``forward``/``backward``/``unparseable`` or
     None (no behaviour); ``logit_diff`` is ``logit(F) - logit(B)`` in nats; ``p_forward`` is
-    ``P(F)`` at temperature 1."""
+    ``P(F)`` at temperature 1; ``samples`` the strategies of the model's temperature-1 samples
+    (``forward``/``backward``/``unparseable``), or None."""
 
     problem: Problem
     strategy: str | None = None
     correct: bool | None = None
     logit_diff: float | None = None
     p_forward: float | None = None
+    samples: list[str] | None = None
 
     @property
     def id(self) -> str:
@@ -92,7 +94,7 @@ def labels_from_rows(rows: Iterable[Mapping], trace_strategy: str = "natural", w
     """Labels from dict rows (behaviour rows or task records).
 
     Each row needs ``prompt`` (or ``field``, ``type``, ``ops``, ``given``); ``greedy_strategy``,
-    ``greedy_correct``, ``logit_diff`` and ``pi`` are read when present.
+    ``greedy_correct``, ``logit_diff``, ``pi`` and ``sample_strategy`` are read when present.
 
     Raises:
         LabelsError: a row without a problem, or whose ``id`` disagrees with its prompt.
@@ -112,6 +114,7 @@ def labels_from_rows(rows: Iterable[Mapping], trace_strategy: str = "natural", w
             correct=None if r.get("greedy_correct") is None else bool(r["greedy_correct"]),
             logit_diff=None if r.get("logit_diff") is None else float(r["logit_diff"]),
             p_forward=None if pi is None else float(pi[0]),
+            samples=None if r.get("sample_strategy") is None else [str(x) for x in r["sample_strategy"]],
         )
     return out
 

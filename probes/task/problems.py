@@ -33,6 +33,20 @@ TYPE_WORD: dict[str, str] = {"evaluation": "eval", "inversion": "inv"}
 ProblemType = Literal["evaluation", "inversion"]
 
 
+PROMPT_SLOTS: tuple[tuple[str, int], ...] = (
+    ("field", 0), ("type", 1), (":", 2), ("last op", -10), ("its operand", -9), (";", -8), ("given var", -7),
+    ("= (given)", -6), ("given value", -5), ("; (query)", -4), ("asked var", -3), ("= (asked)", -2), ("?", -1),
+)
+"""Word roles every task prompt has, as ``(name, word index)`` in prompt order (negative: from
+the prompt's last word). A prompt is ``pF TYPE : op c , ... , op c ; v = V ; w = ?``: the first
+three words and the last ten (the last operation and its operand, then the given and the asked
+variable) are the same role whatever the chain length; for a one-step chain the two lists meet.
+The position x layer probe map reads these positions (``activations.positions``, ``words:i``)."""
+
+MAP_POSITIONS: str = "words:" + ",".join(str(i) for _, i in PROMPT_SLOTS)
+"""The position spec of :data:`PROMPT_SLOTS` (labels ``word:i`` in an activation store)."""
+
+
 def apply_op(F: Field, op: str, c: int, v: int) -> int:
     """Apply ``op c`` to the value ``v`` in GF(p).
 

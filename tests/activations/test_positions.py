@@ -70,3 +70,47 @@ def test_from_pairs_builds_padded_columns(tok, problems):
     b = encode_batch(tok, [problems[0].prompt, problems[3].prompt], padding_side="left")
     idx = PositionIndex.from_pairs(b, [0, 1], [0, 0])
     assert idx.cols.tolist() == [int(b.pad_offset[0]), int(b.pad_offset[1])]
+
+
+def test_prompt_words_are_the_same_word_roles_across_lengths_and_paddings(tok, problems):
+    from probes.task.problems import MAP_POSITIONS, PROMPT_SLOTS
+
+    specs = parse_positions(MAP_POSITIONS)
+    assert specs[0].kind == "words" and str(specs[0]) == MAP_POSITIONS
+    prompts = [p.prompt for p in problems[:6]]
+    for side in ("left", "right"):
+        batch = encode_batch(tok, prompts, padding_side=side)
+        idx = resolve_positions(specs, batch)
+        n = len(PROMPT_SLOTS)
+        assert idx.labels[:n] == [f"word:{i}" for _, i in PROMPT_SLOTS]
+        for b, p in enumerate(prompts):
+            words = p.split()
+            ids = batch.input_ids[idx.rows[b * n:(b + 1) * n], idx.cols[b * n:(b + 1) * n]].tolist()
+            assert tok.convert_ids_to_tokens(ids) == [words[i] for _, i in PROMPT_SLOTS]
+
+
+def test_prompt_words_take_the_last_token_of_a_split_word_inside_a_chat_template():
+    from tests.conftest import CHATML, qwen_like_tokenizer, without_merges
+
+    tok = without_merges(qwen_like_tokenizer(), "eval")  # "eval" is spelled byte by byte
+    tok.chat_template = CHATML
+    prompt = "p11 eval : sub ru ; x = zo ; y = ?"
+    batch = encode_batch(tok, [prompt], chat=True)
+    idx = resolve_positions(parse_positions("words:1,-1 prompt_end"), batch)
+    enc = tok(batch_text := tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                     add_generation_prompt=True), add_special_tokens=False,
+              return_offsets_mapping=True)
+    spans = enc["offset_mapping"]
+    start = batch_text.index(prompt)
+    eval_end = start + prompt.index("eval") + len("eval")
+    # word 1 is the token that ends "eval" (several tokens spell it); word -1 is "?", not prompt_end
+    assert spans[int(idx.positions[0])][1] == eval_end
+    assert eval_end - len("eval") < spans[int(idx.positions[0]) - 1][1] < eval_end  # the token before is in it too
+    assert batch_text[slice(*spans[int(idx.positions[1])])].strip() == "?"
+    assert int(idx.positions[2]) > int(idx.positions[1])  # the template's last token comes after the prompt
+
+
+def test_a_prompt_word_out_of_range_names_the_record(tok, problems):
+    batch = encode_batch(tok, [problems[0].prompt], keys=["k0"])
+    with pytest.raises(PositionError, match="k0: prompt word 40 is out of range"):
+        resolve_positions(parse_positions("words:40"), batch)

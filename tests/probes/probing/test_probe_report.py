@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from probes.probing.report import probe_report
+from probes.task.problems import MAP_POSITIONS
 from probes.task.traces import NATURAL_STRATEGY
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -56,8 +57,8 @@ def organism_pair(tmp_path_factory, make_twins, make_behaviour_rows):
     for name, seed, flip in (("pre", 0, 0.1), ("post", 1, 0.25)):
         ckpt_dir = _save_tiny(root / f"{name}-ckpt", seed)
         backend = make_backend("nnsight", load_checkpoint(ckpt_dir))
-        cache_activations(backend, records, "blocks.*.hook_resid_post", "prompt_end", root / f"{name}-store",
-                          batch_size=64, progress=False)
+        cache_activations(backend, records, "blocks.*.hook_resid_post", f"prompt_end {MAP_POSITIONS}",
+                          root / f"{name}-store", batch_size=64, progress=False)
         rows = make_behaviour_rows(problems, _strategies(problems, flip, name), seed=seed)
         labels = root / f"{name}.jsonl"
         labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -67,6 +68,7 @@ def organism_pair(tmp_path_factory, make_twins, make_behaviour_rows):
 
 def test_probe_report_writes_every_part_of_probes_json_and_its_figures(organism_pair, tmp_path):
     from probes.probing.sweep import ProbeConfig
+    from probes.task.problems import PROMPT_SLOTS
 
     (sp, lp, cp), (sq, lq, cq) = organism_pair["pre"], organism_pair["post"]
     cfg = ProbeConfig(Cs=(1e-2, 1.0), n_splits=3, n_boot=100)
@@ -74,7 +76,7 @@ def test_probe_report_writes_every_part_of_probes_json_and_its_figures(organism_
                        config=cfg, steer_alphas=(-2.0, 0.0, 2.0), steer_n=12, steer_max_new_tokens=6,
                        progress=False)
     on_disk = json.loads((tmp_path / "out" / "probes.json").read_text())
-    assert on_disk == res and res["schema_version"] == 1
+    assert on_disk == res and res["schema_version"] == 2
     for model in ("pre", "post"):
         s = res["models"][model]["strategy"]
         assert s["status"] == "ok" and [r["layer"] for r in s["per_layer"]] == [0, 1]
@@ -96,6 +98,17 @@ def test_probe_report_writes_every_part_of_probes_json_and_its_figures(organism_
         assert st["status"] == "ok" and st["alphas"] == [-2.0, 0.0, 2.0] and st["delta_p_forward"][1] == 0.0
         assert st["layer"] == res["models"][model]["strategy"]["best_layer"]
         assert all(0 <= p["mean"] <= 1 for p in st["p_forward"])
+        assert st["dpf_per_dose"]["ci"][0] <= st["dpf_per_dose"]["mean"] <= st["dpf_per_dose"]["ci"][1]
+        # the headline: the within-type propensity at every prompt slot x layer, with its verdict in words
+        pm = res["propensity"][model]
+        assert pm["status"] == "ok" and pm["positions"][-1] == "prompt_end" and pm["layers"] == [0, 1]
+        # every slot of the task's prompts is cached; the last word is prompt_end itself and is not repeated
+        assert pm["positions"][:-1] == [f"word:{i}" for _, i in PROMPT_SLOTS if i != -1]
+        assert len(pm["map"]["r2"]) == len(pm["positions"]) and all(len(r) == 2 for r in pm["map"]["r2"])
+        assert pm["headline"]["statement"].startswith(("informative", "not informative"))
+        assert set(pm["baselines"]) == {"type", "type x field", "type x chain length", "prompt tokens", "all surface"}
+    assert res["figures"][:3] == ["figures/propensity_within_type.png", "figures/propensity_map.png",
+                                  "figures/steering_dose_response.png"]
     assert "strategy_transfer.png" in " ".join(res["figures"]) and "steering_pre.png" in " ".join(res["figures"])
     for f in res["figures"]:
         assert (tmp_path / "out" / f).read_bytes()[:8] == PNG
