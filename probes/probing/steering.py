@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from activations.batch import cut_at_stop, render_prompt, response_token_id, stop_token_ids, tokenize
 from probes.probing.metrics import bootstrap_mean_ci
@@ -136,7 +137,7 @@ def _vectors(vector, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64,
-                        chat: bool = False):
+                        chat: bool = False, progress: bool = False):
     """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` (``[d]``, or
     ``[n, d]``: one per prompt) added at the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats).
     ``prompts`` are model inputs (already rendered in the chat template with ``chat``, which
@@ -147,7 +148,7 @@ def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vec
     pf, ld = [], []
     vec = _vectors(vector, len(prompts))
     with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
-        for s in range(0, len(prompts), batch_size):
+        for s in tqdm(range(0, len(prompts), batch_size), desc="steering", disable=not progress, leave=False):
             enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
             adder.vector = vec if vec.ndim == 1 else vec[s:s + batch_size]
             adder.prompt_len = enc["input_ids"].shape[1]
@@ -168,8 +169,6 @@ def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector
     stops = stop_token_ids(tokenizer, chat)
     out: list[str] = []
     vec = _vectors(vector, len(prompts))
-    from tqdm.auto import tqdm
-
     with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
         for s in tqdm(range(0, len(prompts), batch_size), desc="steered generation", disable=not progress,
                       leave=False):
@@ -236,7 +235,7 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     gen_alphas = sorted({min(alphas), max(alphas)} | ({0.0} if 0.0 in alphas else set()))
     gen_k = [alphas.index(a) for a in gen_alphas]
     try:
-        pf, ld = steered_first_token(model, tokenizer, rows, site, vecs, big, chat=chat)
+        pf, ld = steered_first_token(model, tokenizer, rows, site, vecs, big, chat=chat, progress=progress)
         pf, ld = pf.reshape(A, n), ld.reshape(A, n)
         texts = []
         if generate:

@@ -129,9 +129,15 @@ def test_chat_runs_every_stage_on_the_prompt_inside_the_template(tiny, chat_run)
     # the cache stored the residual stream at the template's last token ("assistant")
     store = ActivationStore(chat_run / "store" / "pre")
     assert store.manifest.get("chat") is True
-    rows = store.rows_of(row["id"])
-    got = store["blocks.0.hook_resid_post"][rows].float().reshape(-1).numpy()
+    rows = {store.labels[r]: r for r in store.rows_of(row["id"])}
+    got = store["blocks.0.hook_resid_post"][[rows["prompt_end"]]].float().reshape(-1).numpy()
     np.testing.assert_allclose(got, out.hidden_states[1][0, -1].numpy(), rtol=1e-4, atol=1e-4)
+    # and the prompt slots at the task prompt's words inside the template (word 1: the type word)
+    enc = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    type_end = rendered.index(row["prompt"]) + len(row["prompt"].split()[0]) + 1 + len(row["prompt"].split()[1])
+    tpos = next(i for i, (a, e) in enumerate(enc["offset_mapping"]) if a < type_end <= e)
+    got = store["blocks.0.hook_resid_post"][[rows["word:1"]]].float().reshape(-1).numpy()
+    np.testing.assert_allclose(got, out.hidden_states[1][0, tpos].numpy(), rtol=1e-4, atol=1e-4)
     assert (chat_run / "patching" / "patching.json").exists()
 
 
