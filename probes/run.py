@@ -312,7 +312,7 @@ def stage_hashes(cfg) -> dict[str, str]:
         "cache": {"w": w, "hook": cfg.probe_hook, "pos": cache_positions(cfg), "backend": cfg.backend,
                   "chunk": cfg.cache_chunk, **runs},
         "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot,
-                   "engine": PROBES_ENGINE, **runs},
+                   "engine": PROBES_ENGINE, "targets": cfg.probe_targets, **runs},
         "patching": {"w": w, "patching": cfg.patching, "seed": cfg.seed, "backend": cfg.backend,
                      "engine": PATCHING_ENGINE, **runs},
         "verdict": {"schema": SCHEMA_VERSION},

@@ -37,6 +37,9 @@ class RunConfig(BaseModel):
             accuracy when sampled; a check beside the exact one otherwise; 0: none).
         probe_hook, probe_position: what the probes read (``hook_resid_post`` at ``prompt_end``).
         steer_n, steer_generate: the steering dose-response (probes stage).
+        probe_targets: the classification / regression targets probed beside the within-type
+            propensity map (``probes.probing.targets.TARGETS``; the first must be ``strategy``,
+            whose direction is steered).
         patching: overrides of :class:`probes.patching.config.PatchingConfig` fields.
         backend, dtype, device, batch_size: how models run.
         cache_chunk: problems per chunk of the activation store (the unit an interrupted cache
@@ -74,6 +77,8 @@ class RunConfig(BaseModel):
     probe_position: str = "prompt_end"
     steer_n: int = Field(128, ge=0)
     steer_generate: bool = True
+    probe_targets: list[Literal["strategy", "correct", "type", "propensity"]] = Field(
+        default_factory=lambda: ["strategy", "correct"])
     n_boot: int = Field(1000, ge=50)
     patching: dict[str, Any] = Field(default_factory=dict)
     backend: Literal["nnsight", "bridge"] = "nnsight"
@@ -109,6 +114,14 @@ class RunConfig(BaseModel):
         if own:
             raise ValueError(f"patching.{own[0]}: the patching stage reads the run's problems; set the top-level "
                              "steps and seed instead (patching.n_problems picks a stratified subset of them)")
+        return v
+
+    @field_validator("probe_targets")
+    @classmethod
+    def _strategy_first(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "strategy" or len(set(v)) != len(v):
+            raise ValueError("probe_targets must start with 'strategy' (its direction is steered) and name each "
+                             "target once")
         return v
 
     @field_validator("steps")

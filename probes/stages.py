@@ -107,6 +107,7 @@ def probes(cfg: RunConfig, run: RunFolder) -> dict:
         str(run.root / "behavior" / "behavior.reference.jsonl"), str(run.root / "behavior" / "behavior.model.jsonl"),
         run.path("probes"), models=(cfg.pre_rl, cfg.post_rl), hook=cfg.probe_hook, position=cfg.probe_position,
         config=ProbeConfig(n_boot=cfg.n_boot, seed=cfg.seed), steer_n=cfg.steer_n, steer_generate=cfg.steer_generate,
+        targets=tuple(cfg.probe_targets),
         chat=cfg.chat,
     )
     return {"probes": "probes/probes.json", "targets": sorted(res.get("models", {}).get("pre", {}).keys())

@@ -77,6 +77,9 @@ class OptimConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = -1
     save_steps: int = Field(200, ge=1)
+    keep_every: int | None = Field(None, ge=1, description="also keep a model-only snapshot (fp16 weights, tokenizer, "
+                                   "snapshot.json) every N steps in OUT/snapshots/step-N, for python -m "
+                                   "probes.trajectory; the Trainer's checkpoints for resuming are unchanged")
     logging_steps: int = Field(20, ge=1)
     seed: int = 0
     threads: int | None = Field(None, description="torch CPU threads (None: torch's default)")

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from probes.train.checkpoint import is_finished, last_checkpoint, save_final
+from probes.train.checkpoint import is_finished, last_checkpoint, save_final, snapshot_callback
 from probes.train.config import TrainConfig, trainer_kwargs
 from probes.train.data import completion_budget, data_hash, grpo_rows
 from probes.train.reward import make_reward_func
@@ -72,6 +72,8 @@ def run_grpo(cfg: TrainConfig, force: bool = False) -> Path:
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
     )
+    if cfg.optim.keep_every:
+        trainer.add_callback(snapshot_callback(out, cfg.optim.keep_every, tok, cfg.name))
     check_end_token(tok, cfg.data.chat, trainer.eos_token_ids, f"{cfg.name}: GRPO (TRL GRPOTrainer)")
     resume = last_checkpoint(work)
     if resume:

@@ -12,7 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-from probes.train.checkpoint import is_finished, last_checkpoint, save_final
+from probes.train.checkpoint import is_finished, last_checkpoint, save_final, snapshot_callback
 from probes.train.config import TrainConfig, trainer_kwargs
 from probes.train.data import data_hash, sft_rows
 
@@ -73,6 +73,8 @@ def run_sft(cfg: TrainConfig, force: bool = False) -> Path:
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    if cfg.optim.keep_every:
+        trainer.add_callback(snapshot_callback(out, cfg.optim.keep_every, tok, cfg.name))
     resume = last_checkpoint(work)
     if resume:
         log.info("resuming %s from %s", cfg.name, resume)

@@ -128,7 +128,7 @@ stage: grpo
 init: {tmp_path / 'sft'}
 out: {tmp_path / 'grpo'}
 data: {{n: 16, steps: {{1: 1}}}}
-optim: {{lr: 1.0e-4, max_steps: 2, save_steps: 1, logging_steps: 1, scheduler: constant}}
+optim: {{lr: 1.0e-4, max_steps: 2, save_steps: 1, logging_steps: 1, scheduler: constant, keep_every: 1}}
 grpo: {{num_generations: 2, prompts_per_step: 2, max_completion_length: 16}}
 """)
     # a budget shorter than the longest correct trace (forward inversion at k = 1: 32 words + end) is refused
@@ -140,12 +140,24 @@ grpo: {{num_generations: 2, prompts_per_step: 2, max_completion_length: 16}}
     card = json.loads((tmp_path / "grpo" / "card.json").read_text())
     assert card["global_step"] == 2 and card["algorithm"].startswith("GRPO")
     assert any("reward" in h for h in card["log_history"])
+    # keep_every: a model-only snapshot per step, in the final checkpoint's format; the last is the final model
+    snaps = sorted(p.name for p in (tmp_path / "grpo" / "snapshots").iterdir())
+    assert snaps == ["step-1", "step-2"]
+    meta = json.loads((tmp_path / "grpo" / "snapshots" / "step-1" / "snapshot.json").read_text())
+    assert meta["step"] == 1 and meta["saved_dtype"] == "float16"
+    s1 = load_file(str(tmp_path / "grpo" / "snapshots" / "step-1" / "model.safetensors"))
+    s2 = load_file(str(tmp_path / "grpo" / "snapshots" / "step-2" / "model.safetensors"))
+    final = load_file(str(tmp_path / "grpo" / "model.safetensors"))
+    assert s2.keys() == final.keys() and all(torch.equal(s2[k], final[k]) for k in final)
+    assert s1.keys() == final.keys()
+    assert (tmp_path / "grpo" / "snapshots" / "step-1" / "tokenizer.json").exists()
     # resume: a rerun with more steps continues from checkpoint-2, not from scratch
     assert (tmp_path / "grpo" / "_work" / "checkpoint-2").is_dir()
     grpo.write_text(grpo.read_text().replace("max_steps: 2", "max_steps: 3"))
     assert main(["grpo", "--config", str(grpo), "--force"]) == 0
     card = json.loads((tmp_path / "grpo" / "card.json").read_text())
     assert card["global_step"] == 3
+    assert sorted(p.name for p in (tmp_path / "grpo" / "snapshots").iterdir()) == ["step-1", "step-2", "step-3"]
     steps_logged = [h["step"] for h in card["log_history"] if "reward" in h]
     assert steps_logged.count(3) == 1 and 1 in steps_logged
 
