@@ -165,7 +165,9 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
     Returns:
         The ``trajectory.json`` dict: ``start``, ``settings``, ``steps`` (per snapshot: ``step``,
         ``path``, and the numbers of :func:`snapshot_summary`, or ``skipped`` with the reason),
-        ``flips`` (per term: ``step``, ``ci``, or ``reason``) and ``seconds``.
+        ``flips`` (per term: ``step``, ``ci``, or ``reason``), ``extremes`` (per term: the snapshot
+        where it was largest among those where it counts, and every step where it counts) and
+        ``seconds``.
     """
     from activations.load import check_checkpoint_files
     from probes.patching.verdict import VerdictRule
@@ -199,6 +201,7 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
               "seconds": round(time.time() - t_all, 1)}
     if done:
         result["flips"] = _flips(done, rows, VerdictRule(), n_boot)
+        result["extremes"] = _extremes(rows, VerdictRule())
     write_json(out / "trajectory.json", result)
     _report(out, result)
     return result
@@ -231,6 +234,29 @@ def _flips(done: list[tuple[int, Path]], rows: list[dict], rule, n_boot: int) ->
     return out
 
 
+def _extremes(rows: list[dict], rule) -> dict:
+    """Per term, the snapshot where it was largest in size among those where it counts (its CI
+    excludes 0 by the minimum effect), so that a term that moved and came back is not lost behind
+    a flip defined by the last value; None with a reason when it never counted."""
+    out = {}
+    for t in TERMS:
+        ok = [r for r in rows if "skipped" not in r]
+        counting = [r for r in ok if r[t]["ci"][0] > rule.min_effect or r[t]["ci"][1] < -rule.min_effect]
+        if not counting:
+            if not ok:
+                out[t] = {"step": None, "reason": "no snapshot ran"}
+                continue
+            r = max(ok, key=lambda r: abs(r[t]["value"]))
+            out[t] = {"step": None, "largest": {"step": r["step"], "value": r[t]["value"], "ci": r[t]["ci"]},
+                      "excludes_zero_at": [x["step"] for x in ok if x[t]["ci"][0] > 0 or x[t]["ci"][1] < 0],
+                      "reason": f"at no snapshot does its CI exclude 0 by the minimum effect {rule.min_effect}"}
+            continue
+        r = max(counting, key=lambda r: abs(r[t]["value"]))
+        out[t] = {"step": r["step"], "value": r[t]["value"], "ci": r[t]["ci"],
+                  "steps_counting": [x["step"] for x in counting]}
+    return out
+
+
 def _fmt(v: dict) -> str:
     if v.get("value") is None:
         return "undefined"
@@ -255,7 +281,8 @@ def table(result: dict) -> str:
             f"| {r['step']} | {_fmt(r['delta'])} | {_fmt(r['selection'])} | {_fmt(r['improvement'])} | "
             f"{_share(fs.get('evaluation'))} | {_share(fs.get('inversion'))} | "
             f"{r2} | "
-            f"{_fmt(rec) if rec['read'] else 'not read'} | {r['verdict']} |")
+            f"{_fmt(rec) if rec['read'] else 'not read'} | {r['verdict']}"
+            + (" + REGRESSION" if r.get("regressions") else "") + " |")
     return "\n".join(lines)
 
 
@@ -308,7 +335,7 @@ def _report(out: Path, result: dict) -> None:
 
     flips = "\n".join(f"- {t}: " + (f"passes half its final value at step {f['step']} (95% CI {f['ci']})"
                                      if f.get("step") is not None else (f.get("reason") or "undefined"))
-                      for t, f in result["flips"].items())
+                      + _extreme_text(result, t) for t, f in result["flips"].items())
     figs = [Figure(str(_figure(out, result).relative_to(out)), "terms, strategy shares, probe and recovery per step")] \
         if any("skipped" not in r for r in result["steps"]) else []
     write_report(out, "The RL trajectory", [
@@ -316,6 +343,20 @@ def _report(out: Path, result: dict) -> None:
         Section("Per snapshot", f"Start: `{result['start']}`; settings: `{json.dumps(result['settings'])}`.\n\n"
                 + table(result), figs),
     ])
+
+
+def _extreme_text(result: dict, t: str) -> str:
+    e = (result.get("extremes") or {}).get(t) or {}
+    if e.get("step") is None:
+        big = e.get("largest")
+        if not big:
+            return ""
+        ex = e.get("excludes_zero_at") or []
+        return (f"; largest along the way: {_fmt(big)} at step {big['step']}, never counting ({e['reason']})"
+                + (f"; its CI excludes 0 (by less than the minimum effect) at steps {', '.join(map(str, ex))}"
+                   if ex else ""))
+    return (f"; largest where it counts: {_fmt(e)} at step {e['step']} (it counts at steps "
+            f"{', '.join(str(s) for s in e['steps_counting'])})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     for t, f in res["flips"].items():
         print(f"{t}: " + (f"half of its final value by step {f['step']} (95% CI {f['ci']})" if f.get("step") is not None
-                          else f.get("reason", "")))
+                          else f.get("reason", "")) + _extreme_text(res, t))
     print(f"wrote {out / 'trajectory.json'} and {out / 'report.html'} in {res['seconds']:.0f} s")
     return 0 if any("skipped" not in r for r in res["steps"]) else 1
 
