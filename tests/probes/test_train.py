@@ -161,6 +161,26 @@ grpo: {{num_generations: 2, prompts_per_step: 2, max_completion_length: 16}}
     steps_logged = [h["step"] for h in card["log_history"] if "reward" in h]
     assert steps_logged.count(3) == 1 and 1 in steps_logged
 
+    # the trajectory of these snapshots (issue 21): end to end on the tiny model, the start itself as
+    # step 0 (every term exactly 0), and an unloadable snapshot reported and skipped
+    import shutil
+
+    from probes.runconfig import QUICK
+    from probes.trajectory import main as trajectory
+
+    snaps = tmp_path / "grpo" / "snapshots"
+    shutil.copytree(tmp_path / "sft", snaps / "step-0", ignore=shutil.ignore_patterns("_work"))
+    (snaps / "step-9").mkdir()
+    (snaps / "step-9" / "config.json").write_text("{")
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(json.dumps({**{k: v for k, v in QUICK.items() if k != "forced"}, "probe_targets": ["strategy"]}))
+    assert trajectory(["--start", str(tmp_path / "sft"), "--snapshots", str(snaps), "--out", str(tmp_path / "traj"),
+                       "--config", str(quick), "--n-boot", "50"]) == 0
+    traj = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
+    assert [r["step"] for r in traj["steps"]] == [0, 1, 2, 3, 9]
+    assert all(traj["steps"][0][t] == {"value": 0.0, "ci": [0.0, 0.0]} for t in ("delta", "selection", "improvement"))
+    assert "config.json" in traj["steps"][-1]["skipped"] and all("skipped" not in r for r in traj["steps"][:-1])
+
 
 def test_cli_rejects_a_stage_mismatch(tmp_path):
     from probes.train.__main__ import main
