@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from probes.task.traces import step_positions, word_char_offsets
+from typing import Callable
 
 PADDING_SIDES = ("left", "right")
 
@@ -261,6 +261,27 @@ def model_text(prompt: str, response: str | None, chat: bool = False) -> str:
     return prompt if response is None else prompt + response_separator(chat) + response
 
 
+def word_char_offsets(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` character offsets of each whitespace-separated word of ``text``."""
+    out, i = [], 0
+    for w in text.split():
+        i = text.index(w, i)
+        out.append((i, i + len(w)))
+        i += len(w)
+    return out
+
+
+_STEP_WORDS: Callable[[str], list[int]] | None = None
+
+
+def register_step_words(fn: Callable[[str], list[int]]) -> None:
+    """Register the function that gives the word indices of a response's steps (the ``steps``
+    position: where each step's result is predicted). The task registers its own
+    (:func:`probes.task.traces.step_positions`) when it is imported; this package knows no task."""
+    global _STEP_WORDS
+    _STEP_WORDS = fn
+
+
 def _token_at(offsets: list[tuple[int, int]], char: int) -> int | None:
     for i, (start, end) in enumerate(offsets):
         if start <= char < end:
@@ -281,10 +302,10 @@ def _locate(key: str, prompt: str, response: str | None, offsets: list[tuple[int
             "prompt_end is undefined for this tokenizer; end prompts with a separate token"
         )
     steps: list[int] = []
-    if response is not None:
+    if response is not None and _STEP_WORDS is not None:
         base = n + sep
         words = word_char_offsets(response)
-        for w in step_positions(response):
+        for w in _STEP_WORDS(response):
             tok = _token_at(offsets, base + words[w][0])
             if tok is None:
                 raise PositionError(f"{key}: no token covers response word {w} ({response.split()[w]!r})")

@@ -80,7 +80,7 @@ def read_records(path: str | Path) -> list[CacheRecord]:
         FileNotFoundError: no such file.
         RecordsError: a malformed line, a missing field, or a duplicate key (with line numbers).
     """
-    from probes.task.jsonl import LineError, read_jsonl
+    from activations.io import LineError, read_jsonl
 
     out: list[CacheRecord] = []
     first_line: dict[str, int] = {}

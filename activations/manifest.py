@@ -1,19 +1,17 @@
 """Manifests: deterministic JSON that says what produced a file, and how two of them differ.
 
 Manifests hold no timestamps or durations, so that the same inputs give byte-identical files
-(a store resumed after a crash equals one written in a single run). Writes are atomic.
+(a store resumed after a crash equals one written in a single run). They are written with
+:func:`activations.io.write_json` (atomic).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import platform
-import tempfile
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Iterable, Mapping
+
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "rl-probes", "torch", "transformers", "tokenizers", "nnsight", "transformer-lens", "safetensors",
@@ -30,38 +28,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and fixed separators: equal objects give equal strings."""
-    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=True) + "\n"
-
-
-def write_bytes_atomic(path: str | Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, then ``os.replace``.
-
-    A reader (or a killed writer's successor) sees either the old file or the whole new one.
-    ``fsync`` also flushes the data to disk before the rename (durability across a power loss).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj: Any, fsync: bool = True) -> None:
-    """:func:`canonical_json` of ``obj`` written atomically (and fsynced unless told not to)."""
-    write_bytes_atomic(path, canonical_json(obj).encode(), fsync=fsync)
 
 
 def sha256_of_lines(lines: Iterable[str]) -> str:

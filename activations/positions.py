@@ -148,6 +148,11 @@ def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch
                 pos.append(ends[b])
                 labels.append("prompt_end")
             elif spec.kind == "steps":
+                from activations import batch as _batch
+
+                if _batch._STEP_WORDS is None:
+                    raise PositionError("position 'steps' needs the task's step words: no task registered them "
+                                        "(activations.batch.register_step_words; importing probes.task does)")
                 if not batch.has_response[b]:
                     raise PositionError(
                         f"{batch.keys[b]}: position 'steps' needs a teacher-forced response, "

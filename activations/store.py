@@ -49,14 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from activations.manifest import (
-    canonical_json,
-    first_difference,
-    lookup,
-    package_versions,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from activations.io import canonical_json, write_bytes_atomic, write_json
+from activations.manifest import first_difference, lookup, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +246,7 @@ class StoreWriter:
         if not (old is not None and old.get("complete") and len(self.records) == self.n_chunks
                 and identity(old) == identity(self.manifest)):
             # a finished store reopened with the same inputs stays marked complete
-            write_json_atomic(path, {**self.manifest, "complete": False, "n_rows": None}, fsync=False)
+            write_json(path, {**self.manifest, "complete": False, "n_rows": None}, fsync=False)
 
     def _clear(self) -> None:
         (self.root / MANIFEST).unlink(missing_ok=True)
@@ -314,7 +308,7 @@ class StoreWriter:
         if missing:
             raise IncompleteStoreError(f"{self.root}: chunks {missing[:5]} were not written")
         n_rows = sum(int(self.records[i]["n_rows"]) for i in range(self.n_chunks))
-        write_json_atomic(self.root / MANIFEST, {**self.manifest, "complete": True, "n_rows": n_rows})
+        write_json(self.root / MANIFEST, {**self.manifest, "complete": True, "n_rows": n_rows})
         return ActivationStore(self.root)
 
 

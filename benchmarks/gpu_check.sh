@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh [WORK_DIR]
 #
-# Makes a Qwen2.5-1.5B-shaped random pair with `python -m activations.synth` in WORK_DIR
+# Makes a Qwen2.5-1.5B-shaped random pair with `python -m probes.synth` in WORK_DIR
 # (default: a fresh temporary folder, about 6 GB of disk in bfloat16; an existing pair there is
 # reused), then times caching against the bare forward, the peak RSS of caching, and one exact
 # CMAP patch sweep, on CUDA in bfloat16, and prints the throughput in prompt tokens per second.
@@ -57,10 +57,10 @@ EOF
 WORK="${1:-$(mktemp -d -t gpu-check-XXXXXX)}"
 mkdir -p "$WORK"
 if [ ! -f "$WORK/pre/synth.json" ]; then
-  "$PY" -m activations.synth --shape qwen2.5-1.5b --seed 0 --dtype bfloat16 --out "$WORK/pre"
+  "$PY" -m probes.synth --shape qwen2.5-1.5b --seed 0 --dtype bfloat16 --out "$WORK/pre"
 fi
 if [ ! -f "$WORK/post/synth.json" ]; then
-  "$PY" -m activations.synth --perturb-from "$WORK/pre" --seed 1 --out "$WORK/post"
+  "$PY" -m probes.synth --perturb-from "$WORK/pre" --seed 1 --out "$WORK/post"
 fi
 
 # 4. the benchmark on CUDA in bfloat16 (wall clock after torch.cuda.synchronize)

@@ -1,4 +1,4 @@
-"""Benchmark: the real-scale path on a Qwen2.5-1.5B-shaped pre/post pair (``activations.synth``).
+"""Benchmark: the real-scale path on a Qwen2.5-1.5B-shaped pre/post pair (``probes.synth``).
 
 On two random-init checkpoints of Qwen2.5-1.5B-Instruct's exact shape (28 layers, d_model 1536,
 12 heads, 2 kv heads, d_mlp 8960, vocabulary 151,936, tied embeddings; 1.54B parameters; the
@@ -30,7 +30,7 @@ CPU, both the wall clock and this process's CPU clock (all threads) are reported
 measures the scheduler as much as the code. On CUDA the clock is the wall clock after
 ``torch.cuda.synchronize()``, and peak GPU memory is printed as well.
 
-The pair: ``--pre DIR --post DIR`` (made with ``python -m activations.synth``), else one is made
+The pair: ``--pre DIR --post DIR`` (made with ``python -m probes.synth``), else one is made
 in ``--work`` (default: a temporary folder, removed afterwards; about 12 GB of disk in float32)
 with ``--synth-dtype`` weights (``--shape tiny`` for a smoke test of the script). The last line printed is ``caching_ratio=X.XX peak_rss_gb=Y.Y``
 (cache time / bare forward time; the caching subprocess's peak RSS in GB, 1e9 bytes).
@@ -72,7 +72,7 @@ SITES = "blocks.*.hook_resid_post"
 def make_pair(work: Path, dtype: str, shape: str = "qwen2.5-1.5b") -> tuple[Path, Path]:
     """A synth pair of ``shape`` in ``work`` (pre: seed 0; post: its perturbed twin, seed 1),
     reused when ``work`` already holds one."""
-    from activations.synth import make_synth, make_twin
+    from probes.synth import make_synth, make_twin
 
     pre, post = work / "pre", work / "post"
     if not (pre / "synth.json").is_file():

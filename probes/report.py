@@ -12,7 +12,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probes.task.jsonl import atomic_write_text
+from activations.io import atomic_write_text
 
 
 @dataclass

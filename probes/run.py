@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {DEFAULT_GRID_ROOT}), and add the table across pairs (default --out runs/grid)")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run (default: all)")
     ap.add_argument("--force", action="store_true", help="rerun the chosen stages even if finished")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="log at INFO and keep the libraries' progress bars and warnings (transformers' weight loading)")
     return ap
 
 
@@ -466,10 +467,10 @@ def probe_text(probes: dict) -> str:
 
 
 def write_run_report(cfg, run: RunFolder, res: dict):
-    from analyses.behaviour import decomposition_figure, strategy_figure
-    from analyses.patching import recovery_figure
-    from analyses.probes import strategy_curve_figure
-    from analyses.verdict import verdict_table
+    from probes.reporting.behaviour import decomposition_figure, strategy_figure
+    from probes.reporting.patching import recovery_figure
+    from probes.reporting.probes import strategy_curve_figure
+    from probes.reporting.verdict import verdict_table
     from probes.behavior.__main__ import format_table
     from probes.report import Figure, Section, write_report
 
@@ -564,7 +565,7 @@ def run_pipeline(cfg, stages=STAGES, force: bool = False, prefix: str = "") -> R
     unless ``force``; prints one line per stage on stderr. Returns the run folder."""
     import yaml
 
-    from probes.task.jsonl import atomic_write_text
+    from activations.io import atomic_write_text
 
     run = RunFolder(cfg.folder)
     atomic_write_text(run.path("config.yaml"), yaml.safe_dump(cfg.model_dump(), sort_keys=True))
@@ -632,7 +633,7 @@ def verdict_lines(run: RunFolder) -> list[str]:
 def run_grid(args, cfg) -> int:
     """``--grid``: every discovered pair into ``GRID/NAME``, then ``grid.json``, ``grid.md`` and the report."""
     from probes.grid import discover_pairs, grid_markdown, grid_results, grid_row
-    from probes.task.jsonl import atomic_write_text
+    from activations.io import atomic_write_text
 
     pairs = discover_pairs(args.grid)
     out = args.out or cfg.out  # --out, else the config's out, else runs/grid (runs/grid-quick with --quick)
@@ -655,7 +656,7 @@ def run_grid(args, cfg) -> int:
     write_json(grid_dir / "grid.json", grid_results(rows, args.grid))
     table = grid_markdown(rows)
     atomic_write_text(grid_dir / "grid.md", table + "\n")
-    from analyses.grid import write_grid_report
+    from probes.reporting.grid import write_grid_report
 
     _, html = write_grid_report(grid_dir)
     print("\n".join(lines))
@@ -664,9 +665,23 @@ def run_grid(args, cfg) -> int:
     return 0
 
 
+def quiet_libraries() -> None:
+    """The console shows the stages, not the libraries: transformers' weight-loading bars and its
+    info and warning messages are off (``-v`` keeps them)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_libraries()
     cfg = resolve_config(args)
     from activations.load import CheckpointError
     from activations.pair import PairMismatchError

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probes.task.jsonl import atomic_write_text
+from activations.io import write_json  # noqa: F401  (the run folder's writer, imported from here by the stages)
 
 
 def stable_hash(obj: Any) -> str:
@@ -41,11 +41,6 @@ def file_hash(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically; NaN and infinities are refused (they are not JSON)."""
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 class RunFolderError(ValueError):

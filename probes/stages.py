@@ -25,7 +25,7 @@ def run_problems(run: RunFolder) -> list:
             stage with ``--force``).
     """
     from probes.runfolder import RunFolderError
-    from probes.task.jsonl import LineError, read_jsonl
+    from activations.io import LineError, read_jsonl
     from probes.task.problems import Problem
 
     out = []
@@ -45,7 +45,7 @@ def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
     (``behavior/behavior.json``, responses in ``behavior/behavior.{model,reference}.jsonl``)."""
     from probes.behavior.__main__ import held_out_problems, run_behavior
     from probes.behavior.evaluate import BehaviorSettings
-    from probes.task.jsonl import write_jsonl
+    from activations.io import write_jsonl
 
     problems = held_out_problems(cfg.n_problems, cfg.seed, tuple(cfg.steps))
     write_jsonl(run.path("problems.jsonl"), [p.to_dict() for p in problems])

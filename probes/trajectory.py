@@ -188,6 +188,8 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
             log(f"{tag} {path}")
             run_pipeline(cfg, prefix=f"{tag} ")
             summary = snapshot_summary(cfg.folder)
+        except (ImportError, NameError, AttributeError, TypeError, SyntaxError):
+            raise  # a bug of this code, not a bad snapshot: never hidden as a skip
         except Exception as e:  # an unloadable snapshot is reported and skipped, never fatal
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             log(f"{tag} skipped: {reason}")
@@ -323,11 +325,9 @@ def _figure(out: Path, result: dict) -> Path:
     ax2.set_ylabel("fraction")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "figures" / "trajectory.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from probes.reporting.rundir import save_png
+
+    return save_png(fig, out / "figures" / "trajectory.png")
 
 
 def _report(out: Path, result: dict) -> None:

@@ -116,7 +116,7 @@ def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True
         One :class:`~probes.behavior.evaluate.ProblemBehavior` per problem, in order.
     """
     from probes.behavior.evaluate import ProblemBehavior, evaluate_model
-    from probes.task.jsonl import LineError, read_jsonl, write_jsonl
+    from activations.io import LineError, read_jsonl, write_jsonl
 
     f = None
     if cache_dir:
@@ -148,7 +148,7 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
     caller has already computed, by role (``{"model": ..., "reference": ...}``; either may be missing)."""
     from probes.behavior.decompose import decompose, summarize
     from probes.behavior.evaluate import stratum_key, summarize_behavior
-    from probes.task.jsonl import write_jsonl
+    from activations.io import write_jsonl
 
     from activations.load import load_tokenizer
     from probes.behavior.evaluate import resolve_forced
@@ -227,7 +227,7 @@ def format_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from probes.behavior.evaluate import BehaviorSettings
-    from probes.task.jsonl import atomic_write_text
+    from activations.io import atomic_write_text
 
     ap = argparse.ArgumentParser(prog="python -m probes.behavior", description=__doc__)
     ap.add_argument("--model", required=True, help="checkpoint directory (the model after the change)")

@@ -28,7 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
-from probes.task.jsonl import atomic_write_text
+from activations.io import atomic_write_text
 
 REGIMES = {"fb": "FB mixture", "f": "forward-only", "b": "backward-only"}
 RL_DATA = {"same": "same difficulty", "hard": "harder"}

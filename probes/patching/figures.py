@@ -25,20 +25,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from probes.patching.attribution import Attribution
+from probes.reporting.rundir import save_png
 from probes.patching.cmap import CurveResult
 from probes.patching.counterfactual import Heatmap
 
-DPI = 110
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
 
 
 def _note(ax: Any, text: str) -> None:

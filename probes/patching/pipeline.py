@@ -33,9 +33,7 @@ recovery per layer, see :meth:`probes.patching.recovery.Recovery.to_dict`), ``ve
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +43,7 @@ import torch
 
 from activations.backends import make_backend
 from activations.load import load_checkpoint
+from activations.io import write_json
 from activations.pair import check_pair
 from probes.behavior.generate import max_trace_words, tokens_per_word
 from probes.patching.attribution import agreement, attribution_patching, confirm_top_hits
@@ -70,16 +69,6 @@ SCHEMA_VERSION = 2
 RESULTS_FILE = "patching.json"
 DEFAULT_CLI_PROBLEMS = 32
 """Problems drawn when :func:`run_patching` is given none and ``n_problems`` is None."""
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON atomically (a temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
 
 
 def stratified_subset(problems: Sequence[Problem], n: int | None) -> list[Problem]:

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from probes.reporting.rundir import save_png  # noqa: E402
+
 _COLORS = {"pre": "tab:blue", "post": "tab:orange"}
 
 
@@ -41,12 +43,8 @@ def _save(fig, path) -> Path:
     for ax in fig.axes:
         if "layer" in ax.get_xlabel():
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _empty(ax, text):

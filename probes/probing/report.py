@@ -23,15 +23,14 @@ folder; hooks after the first prefix theirs with the hook name). Written atomica
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from activations.io import to_jsonable, write_json
 from probes.probing import figures
 from probes.probing.source import ProbeSet, open_store, read_probe_set
 from probes.probing.splits import outer_split
@@ -47,37 +46,6 @@ DEFAULT_TARGETS: tuple[str, ...] = ("strategy", "correct")
 """The default targets: the strategy about to be used (the type-saturated curve, secondary to the
 within-type propensity map, :mod:`probes.probing.propensity`) and greedy correctness. ``type`` and
 the pooled ``propensity`` regression remain available (``python -m probes.fit --target``)."""
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def align_probe_sets(sets: Mapping[str, ProbeSet]) -> dict[str, ProbeSet]:
@@ -238,8 +206,8 @@ def run_probes(
     for n, dose in result["steering"].items():
         result["figures"].append(str(figures.plot_dose_response(dose, out_dir / "figures" / f"steering_{n}.png")
                                      .relative_to(out_dir)))
-    write_json_atomic(out_dir / "probes.json", result)
-    return _jsonable(result)
+    write_json(out_dir / "probes.json", result)
+    return to_jsonable(result)
 
 
 def _map_positions(store, keys: list[str], hook: str, layers: list[int]) -> tuple[list[str], list[np.ndarray]]:

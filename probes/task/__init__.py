@@ -4,7 +4,7 @@ See the module docstrings: :mod:`~probes.task.field`
 (GF(p) and the numeral bijection), :mod:`~probes.task.problems` (chains, prompts, ids),
 :mod:`~probes.task.traces` (forward and backward traces), :mod:`~probes.task.verify` (the
 verifier and the labeller), :mod:`~probes.task.tokenizer` (the word-level tokenizer),
-:mod:`~probes.task.records` and :mod:`~probes.task.jsonl` (records on disk).
+:mod:`~probes.task.records` and :mod:`~activations.io` (records on disk).
 """
 
 from probes.task.field import SUPPORTED_FIELDS, Field, UnknownFieldError, get_field

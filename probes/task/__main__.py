@@ -13,7 +13,7 @@ import json
 import sys
 
 from probes.task.field import SUPPORTED_FIELDS
-from probes.task.jsonl import LineError, read_jsonl
+from activations.io import LineError, read_jsonl
 from probes.task.problems import TYPES
 from probes.task.records import RecordError, problem_of, sample_records
 from probes.task.traces import STRATEGIES

@@ -24,6 +24,8 @@ at the end:
 
 from __future__ import annotations
 
+from activations.batch import register_step_words, word_char_offsets  # noqa: F401  (re-exported)
+
 from probes.task.field import Field
 from probes.task.problems import INVERSE_OP, Problem, apply_op, compose_affine
 
@@ -110,11 +112,4 @@ def step_positions(response: str) -> list[int]:
     return out
 
 
-def word_char_offsets(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` character offsets of each whitespace-separated word of ``text``."""
-    out, i = [], 0
-    for w in text.split():
-        i = text.index(w, i)
-        out.append((i, i + len(w)))
-        i += len(w)
-    return out
+register_step_words(step_positions)  # the steps position of activations reads this task's traces

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from probes.task.jsonl import atomic_write_text
+from activations.io import atomic_write_text
 
 
 def last_checkpoint(work_dir: Path) -> str | None:

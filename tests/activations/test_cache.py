@@ -18,7 +18,7 @@ from activations.load import load_checkpoint
 from activations.positions import resolve_positions
 from activations.store import ActivationStore, StoreMismatchError, align_rows
 from probes.task import NATURAL_STRATEGY, make_trace, sample_problems
-from probes.task.jsonl import write_jsonl as _write_jsonl
+from activations.io import write_jsonl as _write_jsonl
 
 
 def write_jsonl(path: Path, records) -> Path:

@@ -18,7 +18,7 @@ def test_plain_prompts_end_at_the_eos_token():
 
 
 def test_a_chat_turn_ends_at_the_template_end_of_turn_token():
-    from activations.synth import synth_tokenizer
+    from probes.synth import synth_tokenizer
 
     synth = synth_tokenizer(64)
     end = response_end(synth, chat=True)
@@ -54,7 +54,7 @@ def test_chat_generation_stops_at_the_turn_end_and_the_response_verifies():
     """A model forced (by a hook on its logits) to write a correct trace, the turn end, then more
     turns: the generated response is the trace. Stopping at the tokenizer's eos alone ran on into
     the next turn and the verifier marked the response wrong."""
-    from activations.synth import synth_tokenizer
+    from probes.synth import synth_tokenizer
     from probes.behavior.generate import generate
     from probes.task import sample_problems
     from probes.task.traces import make_trace

@@ -72,7 +72,7 @@ def test_a_different_chat_template_fails_when_prompts_are_read_through_it():
     """Issue 19: the same vocabulary and tokenizer.json, but one extra empty system turn in the
     post-RL checkpoint's template: the models would read different inputs."""
     from activations.pair import check_tokenizers
-    from activations.synth import CHAT_TEMPLATE, synth_tokenizer
+    from probes.synth import CHAT_TEMPLATE, synth_tokenizer
 
     a, b = synth_tokenizer(64), synth_tokenizer(64)
     b.chat_template = "<|im_start|> system <|im_end|> " + CHAT_TEMPLATE

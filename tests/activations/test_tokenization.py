@@ -21,7 +21,7 @@ def _bos_tokenizer():
     and a chat template that writes the BOS itself."""
     from tokenizers import processors
 
-    from activations.synth import CHAT_TEMPLATE, synth_tokenizer
+    from probes.synth import CHAT_TEMPLATE, synth_tokenizer
 
     tok = synth_tokenizer(64)
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(

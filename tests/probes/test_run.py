@@ -459,7 +459,7 @@ def test_changing_one_input_reruns_exactly_the_stages_that_read_it(change, rerun
 
 
 def test_a_pair_whose_chat_templates_differ_is_refused_before_any_stage(tmp_path):
-    from activations.synth import CHAT_TEMPLATE, synth_tokenizer
+    from probes.synth import CHAT_TEMPLATE, synth_tokenizer
     from probes.train.config import ModelConfig
     from probes.train.model import build_model
 

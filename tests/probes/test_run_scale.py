@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from activations.synth import make_synth
+    from probes.synth import make_synth
 
     d = tmp_path_factory.mktemp("tiny") / "m"
     make_synth("tiny", 0, d)
@@ -88,7 +88,7 @@ def test_chat_true_with_a_tokenizer_without_a_template_is_refused_in_one_line(ca
 
 @pytest.fixture(scope="module")
 def chat_run(tiny, tmp_path_factory):
-    from activations.synth import make_twin
+    from probes.synth import make_twin
 
     d = tmp_path_factory.mktemp("chat")
     make_twin(tiny, 1, d / "post", scale=0.05)
@@ -151,7 +151,7 @@ def test_expect_dims_names_the_checkpoint_and_the_dimension_that_differs(tiny, c
 
 
 def test_quick_trims_patching_at_1_5b_parameters_only(tiny, tmp_path, capsys):
-    from activations.synth import qwen2_5_1_5b_config
+    from probes.synth import qwen2_5_1_5b_config
 
     big = tmp_path / "qwen-shape"
     qwen2_5_1_5b_config(0, 2, 3).save_pretrained(big)  # the config alone: no weights

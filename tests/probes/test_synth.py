@@ -1,4 +1,4 @@
-"""Specification of the random-init checkpoints of a real model's shape (``activations.synth``).
+"""Specification of the random-init checkpoints of a real model's shape (``probes.synth``).
 
 The Qwen2.5-1.5B shape is checked from its config and on the meta device (no 1.5B weights are
 made); everything that writes weights uses the ``tiny`` shape.
@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from activations.load import load_checkpoint, tokenizer_hash
-from activations.synth import (
+from probes.synth import (
     EXTRA_TOKEN,
     SHAPES,
     SynthError,
@@ -157,6 +157,6 @@ def test_bad_input_is_a_named_error(tmp_path):
 
 
 def test_the_cli_reports_a_bad_source_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "activations.synth", "--perturb-from", str(tmp_path / "nope"),
+    r = subprocess.run([sys.executable, "-m", "probes.synth", "--perturb-from", str(tmp_path / "nope"),
                         "--seed", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: --perturb-from") and "Traceback" not in r.stderr

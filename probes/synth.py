@@ -1,12 +1,12 @@
-"""Random-init checkpoints of a real model's exact shape: ``python -m activations.synth``.
+"""Random-init checkpoints of a real model's exact shape: ``python -m probes.synth``.
 
 Qwen2.5-1.5B-Instruct weights cannot be fetched on every machine, so the real-scale path (loading,
 caching, patching, the main job, the benchmarks) is exercised on randomly initialised
 checkpoints of exactly its shape, written as a Hugging Face directory that
 :func:`activations.load.load_checkpoint` and ``python -m probes.run`` read like any other::
 
-    python -m activations.synth --shape qwen2.5-1.5b --seed 0 --out synth/pre            # 6.2 GB fp32
-    python -m activations.synth --perturb-from synth/pre --seed 1 --out synth/post      # its "post-RL" twin
+    python -m probes.synth --shape qwen2.5-1.5b --seed 0 --out synth/pre            # 6.2 GB fp32
+    python -m probes.synth --perturb-from synth/pre --seed 1 --out synth/post      # its "post-RL" twin
     python -m probes.run --pre-rl synth/pre --post-rl synth/post --quick
 
 Shapes (:data:`SHAPES`): ``qwen2.5-1.5b`` is Qwen2.5-1.5B-Instruct's ``config.json`` written out
@@ -330,7 +330,7 @@ def _check_out(out: Path) -> None:
     """``out`` is empty, new, or a checkpoint this module wrote (its weights are replaced).
 
     Raises:
-        SynthError: ``out`` holds weights or a config that ``activations.synth`` did not write.
+        SynthError: ``out`` holds weights or a config that ``probes.synth`` did not write.
     """
     if not out.exists():
         return
@@ -338,7 +338,7 @@ def _check_out(out: Path) -> None:
         raise SynthError(f"--out {out} is a file, not a directory")
     foreign = (out / "config.json").exists() or any(out.glob("*.safetensors"))
     if foreign and not (out / CARD_FILE).is_file():
-        raise SynthError(f"--out {out} holds a checkpoint that activations.synth did not write (no {CARD_FILE}); "
+        raise SynthError(f"--out {out} holds a checkpoint that probes.synth did not write (no {CARD_FILE}); "
                          "choose a new or empty directory")
 
 
@@ -458,7 +458,7 @@ def _shard_bytes(gb: float) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m activations.synth", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m probes.synth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), help="the model shape (not with --perturb-from: the "
                     "source's config is kept)")
