@@ -425,7 +425,7 @@ def probe_text(probes: dict) -> str:
     """The probe section's words: per model, whether the within-type propensity probe is
     informative (:mod:`probes.probing.propensity`), where it forms, the sampled-strategy AUROC
     against its ceiling, and the steering headline."""
-    out = ["The headline target is the model's own strategy propensity *within* a problem type: "
+    out = ["The headline target is the model's own strategy propensity within a problem type: "
            "logit(F) - logit(B) at the first response token, minus its type's training mean. Probes read the "
            "residual stream (ridge, grouped CV) at every prompt slot x layer; baselines see only the prompt's "
            "surface (type x field, type x chain length, prompt tokens, all of them). Rule: "

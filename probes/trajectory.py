@@ -26,7 +26,9 @@ problems has passed half its value at the last snapshot, with a 95% percentile b
 that step (problems resampled jointly across snapshots, so each draw is one curve). It is
 computed for a term whose value at the last snapshot counts under the verdict's rule (its CI
 excludes 0 by the minimum effect, :class:`probes.patching.verdict.VerdictRule`); otherwise the
-reason is given instead of a step.
+reason is given instead of a step. For every term also (``extremes``) the snapshot where it was
+largest among those where it counts, or, when it never counts, where it was largest at all and
+the steps where its CI excludes 0, so that a term that moved and came back is not lost.
 
 Writes ``OUT/trajectory.json``, ``OUT/report.md`` / ``report.html`` and
 ``OUT/figures/trajectory.png``; prints one line per snapshot with its stage, then the table.
