@@ -471,7 +471,7 @@ def write_run_report(cfg, run: RunFolder, res: dict):
     from probes.reporting.patching import recovery_figure
     from probes.reporting.probes import strategy_curve_figure
     from probes.reporting.verdict import verdict_table
-    from probes.behavior.__main__ import format_table
+    from probes.behavior.pipeline import format_table
     from probes.report import Figure, Section, write_report
 
     figs = [strategy_figure(run.root), decomposition_figure(run.root)]

@@ -43,7 +43,7 @@ def run_problems(run: RunFolder) -> list:
 def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
     """Both checkpoints' behaviour on the held-out problems and the decomposition
     (``behavior/behavior.json``, responses in ``behavior/behavior.{model,reference}.jsonl``)."""
-    from probes.behavior.__main__ import held_out_problems, run_behavior
+    from probes.behavior.pipeline import held_out_problems, run_behavior
     from probes.behavior.evaluate import BehaviorSettings
     from activations.io import write_jsonl
 

@@ -41,7 +41,7 @@ def _fmt_ci(node: dict, key: str) -> str:
 
 def card_markdown(name: str, card: dict, beh: dict) -> str:
     """The checkpoint card: what it is, how it was trained, its behaviour table."""
-    from probes.behavior.__main__ import format_table
+    from probes.behavior.pipeline import format_table
 
     cfg = card.get("config", {})
     grpo = card.get("stage") == "grpo"
@@ -157,7 +157,7 @@ def pair_checks(pooled: dict, natural_eval: float, natural_inv: float, forward: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.behavior.__main__ import held_out_problems, parse_steps, run_behavior, weights_hash
+    from probes.behavior.pipeline import held_out_problems, parse_steps, run_behavior, weights_hash
     from probes.behavior.evaluate import BehaviorSettings
 
     ap = argparse.ArgumentParser(prog="python -m probes.behavior.grid", description=__doc__,

@@ -125,7 +125,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         PairMismatchError: the two checkpoints cannot be patched (different architecture or
             tokenizer; the message names the first difference).
     """
-    from probes.behavior.__main__ import held_out_problems
+    from probes.behavior.pipeline import held_out_problems
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from probes.behavior.__main__ import held_out_problems, parse_steps
+from probes.behavior.pipeline import held_out_problems, parse_steps
 from probes.behavior.evaluate import pass_at_k
 
 
@@ -137,7 +137,7 @@ def test_pair_checks_apply_issue_3_thresholds_to_share_and_term():
 
 def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tiny_dir, tmp_path, monkeypatch):
     import probes.behavior.evaluate as ev
-    from probes.behavior.__main__ import evaluate_cached, rows_cache_file, weights_hash
+    from probes.behavior.pipeline import evaluate_cached, rows_cache_file, weights_hash
     from probes.behavior.evaluate import BehaviorSettings
 
     problems = held_out_problems(12, seed=0, steps=(1, 2))
@@ -163,7 +163,7 @@ def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tin
     assert len(calls) == 2 and len(f.read_text().splitlines()) == len(problems)
     assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
     # a hash the caller already has is used as the key: the weights are not read again
-    import probes.behavior.__main__ as bm
+    import probes.behavior.pipeline as bm
     known = weights_hash(tiny_dir)
     monkeypatch.setattr(bm, "weights_hash", lambda d: (_ for _ in ()).throw(AssertionError("hashed again")))
     fourth = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False, weights_sha256=known)
@@ -185,7 +185,7 @@ def test_a_behaviour_row_refuses_another_problem(tiny_dir):
 def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the_end_changes(tiny_dir, tmp_path, capsys):
     import shutil
 
-    from probes.behavior.__main__ import weights_hash
+    from probes.behavior.pipeline import weights_hash
     from probes.behavior.grid import main as grid_main
     from probes.task.tokenizer import build_tokenizer
     from probes.train.config import ModelConfig

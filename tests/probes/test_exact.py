@@ -84,7 +84,7 @@ def organism():
 
 @pytest.fixture(scope="module")
 def few():
-    from probes.behavior.__main__ import held_out_problems
+    from probes.behavior.pipeline import held_out_problems
 
     return held_out_problems(8, 3, (1, 2, 3))
 

@@ -380,7 +380,7 @@ def _routing_moved_execution_lost(src, out, steps=40, lr=3e-3):
 
     from activations.batch import encode_batch
     from activations.load import load_checkpoint
-    from probes.behavior.__main__ import held_out_problems
+    from probes.behavior.pipeline import held_out_problems
     from probes.task.traces import STRATEGY_TOKEN
 
     ck = load_checkpoint(str(src))

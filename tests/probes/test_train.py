@@ -84,7 +84,7 @@ def test_shipped_configs_all_validate():
             "configs/qwen2.5-1.5b-instruct/sft-fb.yaml"} <= set(train)
     for f in train:
         load_config(f)
-    from probes.train.__main__ import stages_listed_before_their_init
+    from probes.train.runner import stages_listed_before_their_init
 
     for grid in [f for f in train if f.endswith("/grid.yaml")]:  # one after another, each stage finds its init
         cfg = load_config(grid)
@@ -213,7 +213,7 @@ def _stage_cfg(tmp_path, name, init=None, threads=1):
 
 
 def test_the_parallel_grid_waits_for_each_stage_it_starts_from_and_fills_its_thread_slots(tmp_path, capsys):
-    from probes.train.__main__ import run_grid_parallel
+    from probes.train.runner import run_grid_parallel
 
     # two lines: a1 -> a2 -> {a3, a4} and b1 -> b2, b2 with 2 threads; each fake stage logs its start and end
     stages = [_stage_cfg(tmp_path, "b1"), _stage_cfg(tmp_path, "b2", "b1", threads=2),
@@ -246,7 +246,7 @@ def test_the_parallel_grid_waits_for_each_stage_it_starts_from_and_fills_its_thr
 
 
 def test_a_failed_grid_stage_stops_its_dependents_only(tmp_path, capsys):
-    from probes.train.__main__ import run_grid_parallel
+    from probes.train.runner import run_grid_parallel
 
     stages = [_stage_cfg(tmp_path, "a1"), _stage_cfg(tmp_path, "a2", "a1"), _stage_cfg(tmp_path, "b1")]
     ran = tmp_path / "ran"
@@ -288,7 +288,8 @@ def test_grid_command_errors_name_the_bad_stage(tmp_path, capsys):
 
 
 def test_a_missing_intermediate_stage_is_trained_only_when_a_later_stage_needs_it(tmp_path, capsys):
-    from probes.train.__main__ import main, stages_not_needed
+    from probes.train.__main__ import main
+    from probes.train.runner import stages_not_needed
 
     def finish(name):  # what is_finished looks for
         (tmp_path / name).mkdir()

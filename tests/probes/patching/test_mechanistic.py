@@ -81,7 +81,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def few():
-    from probes.behavior.__main__ import held_out_problems
+    from probes.behavior.pipeline import held_out_problems
 
     return held_out_problems(8, 1, (1, 2))
 
