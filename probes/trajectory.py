@@ -136,9 +136,7 @@ def snapshot_summary(run: Path) -> dict:
     res = json.loads((run / "results.json").read_text())
     pooled = res["decomposition"]["pooled"]
     out: dict[str, Any] = {t: {"value": pooled[t], "ci": pooled[f"{t}_ci"]} for t in TERMS}
-    by_type = res["decomposition"].get("by_type") or {}
-    shares = (res["behavior"]["post_rl"] or {}).get("strategy_share") or {}
-    out["forward_share"] = _forward_shares(run, shares, by_type)
+    out["forward_share"] = _forward_shares(run)
     v = res["verdict"]
     out["verdict"] = v["label"]
     out["regressions"] = [r.get("text") for r in v.get("regressions") or []]
@@ -153,7 +151,7 @@ def snapshot_summary(run: Path) -> dict:
     return out
 
 
-def _forward_shares(run: Path, shares: dict, by_type: dict) -> dict:
+def _forward_shares(run: Path) -> dict:
     """The snapshot's share of forward samples per problem type: the mean over the type's problems
     of P(F) at the first response token (temperature 1, exact; the behaviour rows' ``pi``)."""
     rows = [json.loads(x) for x in (run / "behavior" / "behavior.model.jsonl").read_text().splitlines() if x.strip()]

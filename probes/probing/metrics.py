@@ -49,8 +49,9 @@ def _weighted_balanced_accuracy(W: np.ndarray, y: np.ndarray, correct: np.ndarra
     return np.nanmean(np.stack(recalls, 1), axis=1)
 
 
-def _weighted_auroc(W: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """AUROC of each weight row (Mann-Whitney with ties counted one half)."""
+def auroc_parts(W: np.ndarray, y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mann-Whitney numerator and pair count ``([B], [B])`` of the rows weighted by each row of
+    ``W [B, n]`` (ties count one half); AUROC is their ratio, and sums of them pool strata."""
     order = np.argsort(score, kind="mergesort")
     s, yy, Ws = score[order], y[order], W[:, order]
     starts = np.concatenate([[0], np.nonzero(np.diff(s))[0] + 1])
@@ -58,8 +59,12 @@ def _weighted_auroc(W: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarr
     neg_blocks = np.add.reduceat(Ws * (1 - pos), starts, axis=1)  # [B, K]
     pos_blocks = np.add.reduceat(Ws * pos, starts, axis=1)
     below = np.cumsum(neg_blocks, axis=1) - neg_blocks
-    num = (pos_blocks * (below + 0.5 * neg_blocks)).sum(1)
-    den = pos_blocks.sum(1) * neg_blocks.sum(1)
+    return (pos_blocks * (below + 0.5 * neg_blocks)).sum(1), pos_blocks.sum(1) * neg_blocks.sum(1)
+
+
+def _weighted_auroc(W: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """AUROC of each weight row (Mann-Whitney with ties counted one half)."""
+    num, den = auroc_parts(W, y, score)
     return np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
 
 

@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from probes.probing.metrics import _ci, group_weights
+from probes.probing.metrics import _ci, auroc_parts, group_weights
 
 SURFACE_BASELINES: tuple[str, ...] = ("type x field", "type x chain length", "prompt tokens", "all surface")
 """The baselines that see only the prompt (see the module docstring)."""
@@ -145,18 +145,6 @@ def within_type_r2(W: np.ndarray, y: np.ndarray, pred: np.ndarray, types: np.nda
     return np.where(ss > 1e-12 * max(float(np.mean(y**2)), 1e-300), 1 - sse / np.maximum(ss, 1e-300), np.nan)
 
 
-def _auc_parts(W: np.ndarray, lab: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mann-Whitney numerator and pair count ``([B], [B])`` of weighted rows (ties count 1/2)."""
-    order = np.argsort(score, kind="mergesort")
-    s, yy, Ws = score[order], lab[order], W[:, order]
-    starts = np.concatenate([[0], np.nonzero(np.diff(s))[0] + 1])
-    pos = (yy == 1).astype(np.float64)
-    neg_b = np.add.reduceat(Ws * (1 - pos), starts, axis=1)
-    pos_b = np.add.reduceat(Ws * pos, starts, axis=1)
-    below = np.cumsum(neg_b, axis=1) - neg_b
-    return (pos_b * (below + 0.5 * neg_b)).sum(1), pos_b.sum(1) * neg_b.sum(1)
-
-
 def within_type_auroc(W: np.ndarray, lab: np.ndarray, score: np.ndarray, types: np.ndarray) -> np.ndarray:
     """``[B]`` AUROC of ``score`` for sample labels ``lab`` (1 forward, 0 backward), comparing
     only pairs of the same type; NaN without such a pair."""
@@ -166,7 +154,7 @@ def within_type_auroc(W: np.ndarray, lab: np.ndarray, score: np.ndarray, types: 
         m = types == t
         if len(np.unique(lab[m])) < 2:
             continue
-        a, b = _auc_parts(W[:, m], lab[m], score[m])
+        a, b = auroc_parts(W[:, m], lab[m], score[m])
         num += a
         den += b
     return np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)

@@ -193,19 +193,18 @@ def run_probes(
     if len(hooks) == 1:
         del result["sites"]
     result["propensity"] = _propensity(opened, sets, labs, h, test_groups, cfg)
-    if any(pm.get("status") == "ok" for pm in result["propensity"].values()):
-        fig_dir = out_dir / "figures"
-        result["figures"][:0] = [str(f.relative_to(out_dir)) for f in (
-            figures.plot_propensity_curve(result["propensity"], fig_dir / "propensity_within_type.png"),
-            figures.plot_propensity_maps(result["propensity"], fig_dir / "propensity_map.png"))]
     result["steering"] = _steering(models, names, fits, sets, labs, h, steer_alphas, steer_n, steer_generate,
                                    steer_max_new_tokens, cfg, progress, chat)
+    fig_dir = out_dir / "figures"
+    lead = []  # the headline figures lead the list: the within-type curve, its map, the steering headline
+    if any(pm.get("status") == "ok" for pm in result["propensity"].values()):
+        lead += [figures.plot_propensity_curve(result["propensity"], fig_dir / "propensity_within_type.png"),
+                 figures.plot_propensity_maps(result["propensity"], fig_dir / "propensity_map.png")]
     if any(d.get("status") == "ok" for d in result["steering"].values()):
-        result["figures"].insert(2, str(figures.plot_steering_headline(result["steering"], out_dir / "figures" /
-                                                                       "steering_dose_response.png").relative_to(out_dir)))
-    for n, dose in result["steering"].items():
-        result["figures"].append(str(figures.plot_dose_response(dose, out_dir / "figures" / f"steering_{n}.png")
-                                     .relative_to(out_dir)))
+        lead.append(figures.plot_steering_headline(result["steering"], fig_dir / "steering_dose_response.png"))
+    rest = [figures.plot_dose_response(dose, fig_dir / f"steering_{n}.png") for n, dose in result["steering"].items()]
+    result["figures"] = ([str(f.relative_to(out_dir)) for f in lead] + result["figures"]
+                         + [str(f.relative_to(out_dir)) for f in rest])
     write_json(out_dir / "probes.json", result)
     return to_jsonable(result)
 
