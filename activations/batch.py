@@ -220,7 +220,7 @@ def response_end(tokenizer: Any, chat: bool = False) -> ResponseEnd:
 
 
 def stop_token_ids(tokenizer: Any, chat: bool = False) -> list[int]:
-    """The ids generation (``probes.behavior.generate``, patched generation) and GRPO stop at: the
+    """The ids generation (``probes.behaviour.generate``, patched generation) and GRPO stop at: the
     :func:`response_end` token SFT teaches, and the tokenizer's ``eos_token`` when it has one.
 
     Raises:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from activations.backends import BACKENDS, DEFAULT_BACKEND, Backend, make_backend
 from activations.batch import PADDING_SIDES, PositionError, encode_batch
 from activations.load import CheckpointError, dtype_name, load_checkpoint, parse_dtype
-from activations.manifest import sha256_of_lines
+from activations.hashing import sha256_lines
 from activations.positions import parse_positions, resolve_positions
 from activations.sites import SiteError, expand_sites
 from activations.store import ActivationStore, BackgroundWriter, ChunkRows, StoreError, StoreWriter
@@ -102,7 +102,7 @@ def read_records(path: str | Path) -> list[CacheRecord]:
 
 def dataset_hash(records: Sequence[CacheRecord]) -> str:
     """SHA-256 of the records' keys, ids, prompts and responses, in order."""
-    return sha256_of_lines(
+    return sha256_lines(
         json.dumps([r.key, r.id, r.prompt, r.response], ensure_ascii=True) for r in records)
 
 

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from urllib.parse import urlparse
 import torch
 
 from activations.dims import ModelDims
+from activations.hashing import sha256_bytes, state_dict_sha256
 
 log = logging.getLogger(__name__)
 
@@ -235,26 +235,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def weight_hash(model: torch.nn.Module) -> str:
-    """SHA-256 over a model's ``state_dict``: each entry's name, dtype, shape and raw bytes,
-    in name order.
-
-    The hash identifies the weights *as loaded* (so the same checkpoint loaded in another dtype
-    hashes differently; manifests record the dtype next to it). Tied weights appear under each
-    of their names. Cost: one pass over the weights (about 1 s per GB).
-    """
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        t = t.contiguous()
-        h.update(f"{name}|{dtype_name(t.dtype)}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
-    return h.hexdigest()
-
-
 def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
     """The parts of a tokenizer that decide how text becomes ids, as a JSON-able dict.
 
@@ -280,7 +260,7 @@ def tokenizer_spec(tokenizer: Any) -> dict[str, Any]:
 def tokenizer_hash(tokenizer: Any) -> str:
     """SHA-256 of :func:`tokenizer_spec` (canonical JSON): equal hashes tokenize text equally."""
     blob = json.dumps(tokenizer_spec(tokenizer), sort_keys=True, ensure_ascii=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_bytes(blob.encode())
 
 
 @dataclass(eq=False)
@@ -314,8 +294,9 @@ class Checkpoint:
 
     @cached_property
     def weight_hash(self) -> str:
-        """:func:`weight_hash` of the model, computed once (one pass over the weights)."""
-        return weight_hash(self.model)
+        """:func:`activations.hashing.state_dict_sha256` of the model, computed once (one pass over the
+        weights)."""
+        return state_dict_sha256(self.model)
 
     @cached_property
     def tokenizer_hash(self) -> str:

@@ -7,10 +7,9 @@ Manifests hold no timestamps or durations, so that the same inputs give byte-ide
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from importlib import metadata
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
@@ -28,15 +27,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def sha256_of_lines(lines: Iterable[str]) -> str:
-    """SHA-256 of the given lines, each terminated by a newline."""
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:

@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -50,6 +49,7 @@ import torch
 from torch import Tensor
 
 from activations.io import canonical_json, write_bytes_atomic, write_json
+from activations.hashing import sha256_bytes, sha256_file
 from activations.manifest import first_difference, lookup, package_versions
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,6 @@ def identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sha256(data: Any) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _parse_header(blob: bytes | memoryview) -> tuple[int, dict[str, Any]]:
     (n,) = struct.unpack("<Q", bytes(blob[:8]))
     return n, json.loads(bytes(blob[8:8 + n]))
@@ -159,13 +155,13 @@ def encode_chunk(tensors: Mapping[str, Tensor], rows: ChunkRows, index: int) -> 
         "index": index,
         "file": f"{chunk_stem(index)}.safetensors",
         "size": len(blob),
-        "sha256": _sha256(view),
-        "header_sha256": _sha256(view[:base]),
+        "sha256": sha256_bytes(view),
+        "header_sha256": sha256_bytes(view[:base]),
         "tensors": {
             name: {
                 "dtype": info["dtype"],
                 "shape": info["shape"],
-                "sha256": _sha256(view[base + info["data_offsets"][0]: base + info["data_offsets"][1]]),
+                "sha256": sha256_bytes(view[base + info["data_offsets"][0]: base + info["data_offsets"][1]]),
             }
             for name, info in sorted(header.items()) if name != "__metadata__"
         },
@@ -263,7 +259,7 @@ class StoreWriter:
                 index = int(record["index"])
                 ok = (index < self.n_chunks and data_path.name == record["file"]
                       and data_path.stat().st_size == record["size"]
-                      and _file_sha256(data_path) == record["sha256"])
+                      and sha256_file(data_path) == record["sha256"])
             except (OSError, ValueError, KeyError, TypeError):
                 ok = False
             if ok:
@@ -371,14 +367,6 @@ class BackgroundWriter:
                 self.close()
             except BaseException:
                 log.exception("the store writer also failed")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ActivationStore:
@@ -517,7 +505,7 @@ class ActivationStore:
                 if hlen > size - 8:
                     raise CorruptChunkError(path, "has a corrupted header length")
                 blob = head + f.read(hlen)
-            if _sha256(blob) != rec["header_sha256"]:
+            if sha256_bytes(blob) != rec["header_sha256"]:
                 raise CorruptChunkError(path, "has a corrupted header (SHA-256 mismatch)")
             self._headers[c] = _parse_header(blob)
         hlen, header = self._headers[c]
@@ -527,7 +515,7 @@ class ActivationStore:
         count = (end - start) // np_dtype.itemsize
         mm = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + hlen + start, shape=(count,))
         if (c, name) not in self._verified:
-            if _sha256(memoryview(mm).cast("B")) != rec["tensors"][name]["sha256"]:
+            if sha256_bytes(memoryview(mm).cast("B")) != rec["tensors"][name]["sha256"]:
                 raise CorruptChunkError(path, f"fails the SHA-256 check of its {name!r} tensor (corrupted)")
             self._verified.add((c, name))
         t = torch.from_numpy(mm)
@@ -547,7 +535,7 @@ class ActivationStore:
                 raise CorruptChunkError(path, "is missing")
             if path.stat().st_size != rec["size"]:
                 raise CorruptChunkError(path, f"is truncated: {path.stat().st_size} bytes, expected {rec['size']}")
-            if _file_sha256(path) != rec["sha256"]:
+            if sha256_file(path) != rec["sha256"]:
                 raise CorruptChunkError(path, "fails its SHA-256 check (corrupted)")
 
     def __repr__(self) -> str:

@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     from probes.probing.targets import build_target, control_labels, load_labels, shuffled_labels
 
     jobs = []
-    for model, rows in (("pre", "behavior.reference.jsonl"), ("post", "behavior.model.jsonl")):
+    for model, rows in (("pre", "behaviour.reference.jsonl"), ("post", "behaviour.model.jsonl")):
         ps = read_probe_set(open_store(run / "store" / model), "hook_resid_post", "prompt_end")
-        labs = load_labels(run / "behavior" / rows)
+        labs = load_labels(run / "behaviour" / rows)
         strat = build_target("strategy", ps.keys, ps.positions, labs)
         for t in (strat, build_target("correct", ps.keys, ps.positions, labs), control_labels(ps.keys, labs, strat),
                   shuffled_labels(strat, ps.groups)):

@@ -6,7 +6,7 @@
     python -m probes.fit --store PRE --labels PRE.jsonl --post-store POST --post-labels POST.jsonl \\
         --target strategy propensity type correct --model PRE_CKPT --post-model POST_CKPT --out DIR
 
-``--labels`` is the per-problem JSONL of ``python -m probes.behavior`` (``--out X.json`` writes
+``--labels`` is the per-problem JSONL of ``python -m probes.behaviour`` (``--out X.json`` writes
 ``X.model.jsonl``) or task records (``id``, ``prompt``; enough for ``type`` and ``step_value``).
 The store is read through :class:`activations.store.ActivationStore`. With ``--post-store``
 the two models share one split by problem chain and transfer is added; with ``--model`` the

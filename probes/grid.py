@@ -125,7 +125,7 @@ def grid_row(pair: Pair, results: dict) -> dict:
     accuracy units), the verdict with its regressions and its recoveries (the mechanistic term over
     the behavioural one) and the best strategy probe of each model (held-out balanced accuracy)."""
     pooled = results["decomposition"]["pooled"]
-    beh = results.get("behavior") or {}
+    beh = results.get("behaviour") or {}
     v = results["verdict"]
 
     def acc(role):

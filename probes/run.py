@@ -38,11 +38,12 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from probes.runfolder import RunFolder, read_json, stable_hash, write_json
+from activations.hashing import checkpoint_sha256, sha256_file, sha256_json
+from probes.runfolder import RunFolder, read_results, write_json
 from probes.runconfig import DEVICE_MAPS
 from probes.stages import STAGES, cache_positions
 
-SCHEMA_VERSION = 2
+from probes.runfolder import RESULTS_SCHEMA_VERSION as SCHEMA_VERSION  # noqa: E402
 PATCHING_ENGINE = 2
 """Bumped when the patching stage's numbers change for the same inputs (2: the mechanistic
 decomposition on the run's problems), so that older patching stages rerun."""
@@ -104,13 +105,7 @@ CHECKPOINT_FILES: tuple[str, ...] = (
 def checkpoint_id(path: str) -> str:
     """The identity of a checkpoint for stage hashes: sha256 over the name and bytes of every file
     of :data:`CHECKPOINT_FILES` it has (a Hub id or a missing directory: the string itself)."""
-    from probes.runfolder import file_hash
-
-    p = Path(path)
-    if not p.is_dir():
-        return str(path)
-    files = sorted({f for pattern in CHECKPOINT_FILES for f in p.glob(pattern) if f.is_file()})
-    return stable_hash([(f.name, file_hash(f)) for f in files]) if files else str(path)
+    return checkpoint_sha256(path, CHECKPOINT_FILES)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -309,7 +304,8 @@ def stage_hashes(cfg) -> dict[str, str]:
     runs = {"dtype": cfg.dtype, "device": cfg.device, "device_map": cfg.device_map}  # how a model is run
     own = {
         "behaviour": {"w": w, "n": cfg.n_problems, "steps": cfg.steps, "samples": cfg.samples, "forced": cfg.forced,
-                      "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot, **runs},
+                      "forced_accuracy": cfg.forced_accuracy, "seed": cfg.seed, "n_boot": cfg.n_boot,
+                      "layout": SCHEMA_VERSION, **runs},  # the folder's file names (3: behaviour/)
         "cache": {"w": w, "hook": cfg.probe_hook, "pos": cache_positions(cfg), "backend": cfg.backend,
                   "chunk": cfg.cache_chunk, **runs},
         "probes": {"w": w, "steer_n": cfg.steer_n, "steer_generate": cfg.steer_generate, "n_boot": cfg.n_boot,
@@ -323,7 +319,7 @@ def stage_hashes(cfg) -> dict[str, str]:
             own[s]["chat"] = True
     out: dict[str, str] = {}
     for s in STAGES:  # in order: every stage a stage reads comes before it
-        out[s] = stable_hash({"own": own[s], "reads": {u: out[u] for u in READS[s]}})
+        out[s] = sha256_json({"own": own[s], "reads": {u: out[u] for u in READS[s]}})
     return out
 
 
@@ -331,7 +327,6 @@ def manifest(cfg) -> dict:
     import importlib.metadata as md
 
     from activations.load import load_tokenizer, tokenizer_hash
-    from probes.runfolder import file_hash
 
     versions = {}
     for pkg in ("torch", "transformers", "nnsight", "transformer-lens", "trl", "scikit-learn", "numpy"):
@@ -341,7 +336,7 @@ def manifest(cfg) -> dict:
             pass
     ck = {}
     for role, p in (("pre_rl", cfg.pre_rl), ("post_rl", cfg.post_rl)):
-        ck[role] = {"path": str(p), "weights_sha256": {f.name: file_hash(f) for f in sorted(Path(p).glob("*.safetensors"))},
+        ck[role] = {"path": str(p), "weights_sha256": {f.name: sha256_file(f) for f in sorted(Path(p).glob("*.safetensors"))},
                     "tokenizer_sha256": tokenizer_hash(load_tokenizer(str(p)))}
     return {"checkpoints": ck, "seed": cfg.seed, "versions": versions, "python": sys.version.split()[0]}
 
@@ -364,7 +359,7 @@ def verdict_stage(cfg, run: RunFolder) -> dict:
 
 def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
     """The machine-readable results (``results.json``; keys documented in the README)."""
-    beh = outs["behavior"]
+    beh = outs["behaviour"]
     dec = beh["decomposition"]
     pooled = dec["pooled"]
     patch = outs.get("patching") or {}
@@ -385,7 +380,7 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
         "pre_rl": cfg.pre_rl, "post_rl": cfg.post_rl,
         "verdict": verdict,
         "decomposition": decomposition,
-        "behavior": {"pre_rl": beh["models"]["reference"], "post_rl": beh["models"]["model"], "settings": beh["settings"],
+        "behaviour": {"pre_rl": beh["models"]["reference"], "post_rl": beh["models"]["model"], "settings": beh["settings"],
                      "forced_accuracy": beh.get("forced_accuracy")},
         "problems": used,
         "probes": outs.get("probes"),
@@ -471,7 +466,7 @@ def write_run_report(cfg, run: RunFolder, res: dict):
     from probes.reporting.patching import recovery_figure
     from probes.reporting.probes import strategy_curve_figure
     from probes.reporting.verdict import verdict_table
-    from probes.behavior.pipeline import format_table
+    from probes.behaviour.pipeline import format_table
     from probes.report import Figure, Section, write_report
 
     figs = [strategy_figure(run.root), decomposition_figure(run.root)]
@@ -523,12 +518,12 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                 f"- behaviour: delta {fmt(pooled['delta'], pooled['delta_ci'])} = selection "
                 f"{fmt(pooled['selection'], pooled['selection_ci'])} + improvement "
                 f"{fmt(pooled['improvement'], pooled['improvement_ci'])}\n"
-                f"- forced accuracy: {(res['behavior'].get('forced_accuracy') or {}).get('method', 'sampled')} "
-                f"({(res['behavior'].get('forced_accuracy') or {}).get('reason', '')})\n"
+                f"- forced accuracy: {(res['behaviour'].get('forced_accuracy') or {}).get('method', 'sampled')} "
+                f"({(res['behaviour'].get('forced_accuracy') or {}).get('reason', '')})\n"
                 f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`\n\n"
                 f"The rule: {v.get('rule_text')}.\n\n"
                 "The evidence (analyses.verdict):\n\n" + verdict_table(res)),
-        Section("Behaviour", "```\n" + format_table(json.loads((run.root / "behavior" / "behavior.json").read_text()))
+        Section("Behaviour", "```\n" + format_table(json.loads((run.root / "behaviour" / "behaviour.json").read_text()))
                 + "\n```", [Figure("figures/behaviour_strategy.png", "P(forward) at the first response token, by type and k")]),
         Section("Decomposition",
                 "| term | value | 95% CI |\n| --- | --- | --- |\n"
@@ -597,7 +592,7 @@ def verdict_lines(run: RunFolder) -> list[str]:
     """The verdict in a few lines (from ``results.json``), with each stage's time."""
     from probes.patching.verdict import score_judgement
 
-    res = read_json(run.root / "results.json")
+    res = read_results(run.root)
     v = res["verdict"]
     lines = [f"verdict: {v['label']}"]
     lines += [f"  REGRESSION: {r['text']}" for r in v.get("regressions") or []]
@@ -651,7 +646,7 @@ def run_grid(args, cfg) -> int:
         if not (run.root / "results.json").exists():
             lines.append(f"{p.name}: no results.json (run the verdict stage)")
             continue
-        rows.append(grid_row(p, read_json(run.root / "results.json")))
+        rows.append(grid_row(p, read_results(run.root)))
         lines += [f"{p.sft} -> {p.name}"] + ["  " + x for x in verdict_lines(run)]
     write_json(grid_dir / "grid.json", grid_results(rows, args.grid))
     table = grid_markdown(rows)

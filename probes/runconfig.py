@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
         forced_accuracy, forced: how the forced-strategy accuracy ``a(s|x)`` is measured
             (``auto``: exact, the probability of the one correct response, where the tokenizer
             spells each response one way, else sampled; ``exact``; ``sampled``;
-            :mod:`probes.behavior.exact`) and the forced samples per problem and strategy (the
+            :mod:`probes.behaviour.exact`) and the forced samples per problem and strategy (the
             accuracy when sampled; a check beside the exact one otherwise; 0: none).
         probe_hook, probe_position: what the probes read (``hook_resid_post`` at ``prompt_end``).
         steer_n, steer_generate: the steering dose-response (probes stage).

@@ -6,7 +6,7 @@ Layout (README.md, "The run folder")::
       config.yaml          the resolved run config
       manifest.json        checkpoint weight hashes, tokenizer hash, dataset hash, versions, seed
       problems.jsonl       the held-out problems (stable ids)
-      behavior/            per-model responses and behaviour.json with the decomposition
+      behaviour/           per-model responses and behaviour.json with the decomposition
       store/pre, store/post  activation stores (activations.store)
       probes/              probes.json and figures
       patching/            patching.json and heatmaps
@@ -20,27 +20,12 @@ finished stages and redoes an interrupted one (whose own outputs resume where th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from activations.io import write_json  # noqa: F401  (the run folder's writer, imported from here by the stages)
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of an object's canonical JSON (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RunFolderError(ValueError):
@@ -60,6 +45,35 @@ def read_json(path: str | Path) -> Any:
         where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
         raise RunFolderError(f"{path} is corrupt or truncated{where}; delete it (and rerun with --force if it is a "
                              "stage's output) to recompute") from None
+
+
+RESULTS_SCHEMA_VERSION = 3
+"""``results.json``'s ``schema_version``. 3: one spelling, ``behaviour`` (the top-level key, the
+``behaviour/`` folder and its ``behaviour*.json`` files; 2 had ``behavior``)."""
+
+
+def read_results(root: str | Path) -> dict:
+    """``results.json`` of a run folder, as schema :data:`RESULTS_SCHEMA_VERSION`.
+
+    Version 2 is read and upgraded in memory (``behavior`` becomes ``behaviour``; nothing else
+    changed); the folder itself is not rewritten.
+
+    Raises:
+        FileNotFoundError: the folder has no ``results.json``.
+        RunFolderError: the file is corrupt, or of another version (the message names it and says
+            how to rewrite it: rerun ``python -m probes.run`` on the folder).
+    """
+    path = Path(root) / "results.json"
+    res = read_json(path)
+    version = res.get("schema_version") if isinstance(res, dict) else None
+    if version == 2 and "behavior" in res:
+        res = {("behaviour" if k == "behavior" else k): v for k, v in res.items()}
+        res["schema_version"] = RESULTS_SCHEMA_VERSION
+    elif version != RESULTS_SCHEMA_VERSION:
+        raise RunFolderError(f"{path} has schema_version {version!r}; this version reads "
+                             f"{RESULTS_SCHEMA_VERSION} (and 2): rerun python -m probes.run --out {Path(root)} to "
+                             "rewrite it (stages whose inputs changed rerun)")
+    return res
 
 
 class RunFolder:

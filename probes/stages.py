@@ -42,20 +42,20 @@ def run_problems(run: RunFolder) -> list:
 
 def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
     """Both checkpoints' behaviour on the held-out problems and the decomposition
-    (``behavior/behavior.json``, responses in ``behavior/behavior.{model,reference}.jsonl``)."""
-    from probes.behavior.pipeline import held_out_problems, run_behavior
-    from probes.behavior.evaluate import BehaviorSettings
+    (``behaviour/behaviour.json``, responses in ``behaviour/behaviour.{model,reference}.jsonl``)."""
+    from probes.behaviour.pipeline import held_out_problems, run_behaviour
+    from probes.behaviour.evaluate import BehaviourSettings
     from activations.io import write_jsonl
 
     problems = held_out_problems(cfg.n_problems, cfg.seed, tuple(cfg.steps))
     write_jsonl(run.path("problems.jsonl"), [p.to_dict() for p in problems])
-    settings = BehaviorSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed,
+    settings = BehaviourSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed,
                                 chat=cfg.chat, forced_method=cfg.forced_accuracy)
-    res = run_behavior(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
-                       responses_out=run.path("behavior", "behavior.json"))
+    res = run_behaviour(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
+                       responses_out=run.path("behaviour", "behaviour.json"))
     res["settings"].update({"n": cfg.n_problems, "steps": cfg.steps, "problem_seed": cfg.seed})
-    write_json(run.path("behavior", "behavior.json"), res)
-    return {"behavior": "behavior/behavior.json", "delta": res["decomposition"]["pooled"]["delta"],
+    write_json(run.path("behaviour", "behaviour.json"), res)
+    return {"behaviour": "behaviour/behaviour.json", "delta": res["decomposition"]["pooled"]["delta"],
             "problems": [p.id for p in problems]}
 
 
@@ -104,7 +104,7 @@ def probes(cfg: RunConfig, run: RunFolder) -> dict:
     shutil.rmtree(run.path("probes", "figures", "x").parent, ignore_errors=True)  # no stale figure of an earlier run
     res = probe_report(
         str(run.root / "store" / "pre"), str(run.root / "store" / "post"),
-        str(run.root / "behavior" / "behavior.reference.jsonl"), str(run.root / "behavior" / "behavior.model.jsonl"),
+        str(run.root / "behaviour" / "behaviour.reference.jsonl"), str(run.root / "behaviour" / "behaviour.model.jsonl"),
         run.path("probes"), models=(cfg.pre_rl, cfg.post_rl), hook=cfg.probe_hook, position=cfg.probe_position,
         config=ProbeConfig(n_boot=cfg.n_boot, seed=cfg.seed), steer_n=cfg.steer_n, steer_generate=cfg.steer_generate,
         targets=tuple(cfg.probe_targets),
@@ -133,7 +133,7 @@ def patching(cfg: RunConfig, run: RunFolder) -> dict:
 
 def load_stage_outputs(run: RunFolder) -> dict:
     """Everything the stages wrote, for the verdict and the report."""
-    out = {"behavior": read_json(run.root / "behavior" / "behavior.json")}
+    out = {"behaviour": read_json(run.root / "behaviour" / "behaviour.json")}
     for name, rel in (("probes", "probes/probes.json"), ("patching", "patching/patching.json")):
         p = run.root / rel
         out[name] = read_json(p) if p.exists() else None

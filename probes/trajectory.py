@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from probes.runfolder import read_results
+
 TRAJECTORY_DEFAULTS: dict[str, Any] = {
     "n_problems": 200, "samples": 1, "steer_n": 64, "steer_generate": False, "probe_targets": ["strategy"],
     "patching": {"n_problems": 64},
@@ -85,13 +87,13 @@ def _a(row: dict) -> list[float]:
 
 def problem_terms(run: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """Problem ids and per-problem ``delta``, ``selection``, ``improvement`` ``[N]`` (accuracy
-    units) of one pair's run folder, from its behaviour rows (:func:`probes.behavior.decompose.decompose`)."""
-    from probes.behavior.decompose import decompose
+    units) of one pair's run folder, from its behaviour rows (:func:`probes.behaviour.decompose.decompose`)."""
+    from probes.behaviour.decompose import decompose
 
     def rows(name):
-        return [json.loads(x) for x in (run / "behavior" / name).read_text().splitlines() if x.strip()]
+        return [json.loads(x) for x in (run / "behaviour" / name).read_text().splitlines() if x.strip()]
 
-    ref, new = rows("behavior.reference.jsonl"), rows("behavior.model.jsonl")
+    ref, new = rows("behaviour.reference.jsonl"), rows("behaviour.model.jsonl")
     ids = [r["id"] for r in new]
     if ids != [r["id"] for r in ref]:
         raise ValueError(f"{run}: the two behaviour files list different problems")
@@ -133,7 +135,7 @@ def flip_with_ci(steps: np.ndarray, per_problem: np.ndarray, n_boot: int = 1000,
 
 def snapshot_summary(run: Path) -> dict:
     """The numbers of one snapshot's run folder (``results.json``; see the module docstring)."""
-    res = json.loads((run / "results.json").read_text())
+    res = read_results(run)
     pooled = res["decomposition"]["pooled"]
     out: dict[str, Any] = {t: {"value": pooled[t], "ci": pooled[f"{t}_ci"]} for t in TERMS}
     out["forward_share"] = _forward_shares(run)
@@ -154,7 +156,7 @@ def snapshot_summary(run: Path) -> dict:
 def _forward_shares(run: Path) -> dict:
     """The snapshot's share of forward samples per problem type: the mean over the type's problems
     of P(F) at the first response token (temperature 1, exact; the behaviour rows' ``pi``)."""
-    rows = [json.loads(x) for x in (run / "behavior" / "behavior.model.jsonl").read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in (run / "behaviour" / "behaviour.model.jsonl").read_text().splitlines() if x.strip()]
     return {t: float(np.mean([r["pi"][0] for r in rows if r["type"] == t])) for t in sorted({r["type"] for r in rows})}
 
 

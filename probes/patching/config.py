@@ -28,7 +28,7 @@ class PatchingConfig(BaseModel):
             ``python -m probes.run`` the problems are the run's held-out problems.
         steps, fields, seed: only when no problems are given (``python -m probes.patch``):
             ``n_problems`` are drawn with the behaviour stage's sampler
-            (:func:`probes.behavior.__main__.held_out_problems`); ``seed`` also seeds the bootstrap.
+            (:func:`probes.behaviour.__main__.held_out_problems`); ``seed`` also seeds the bootstrap.
         hooks: block hooks swept over all layers in the recovery curves.
         routing_positions: prompt positions patched for routing (``prompt``, ``prompt_end``).
         strategies: forced strategies whose traces are patched (the improvement term needs both;

@@ -2,7 +2,7 @@
 
 The behaviour stage splits the accuracy change of an RL update, ``acc(x) = sum_s pi(s|x) a(s|x)``,
 into ``selection = sum_s (pi' - pi)(a + a')/2`` and ``improvement = sum_s (pi + pi')/2 (a' - a)``
-(:mod:`probes.behavior.decompose`; unprimed: pre-RL, primed: post-RL). Here the same two terms are
+(:mod:`probes.behaviour.decompose`; unprimed: pre-RL, primed: post-RL). Here the same two terms are
 measured *through the residual stream*: the donor model's activations at one site (hook, layer)
 are written into the recipient model (cross-model activation patching, CMAP, Prakash et al. 2024,
 arXiv 2402.14811), and the patched recipient's ``pi`` and ``a`` replace the donor's in the term.
@@ -42,7 +42,7 @@ import numpy as np
 from jaxtyping import Float
 
 from activations.batch import encode_batch
-from probes.behavior.exact import by_steps, trace_logprobs
+from probes.behaviour.exact import by_steps, trace_logprobs
 from probes.patching.bootstrap import DEFAULT_LEVEL, percentile_ci, resample_counts
 from probes.patching.cells import Cell, layer_cells
 from probes.patching.donor import Donor

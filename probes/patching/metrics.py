@@ -6,7 +6,7 @@ Two metrics in the behaviour's units (the verdict's, :mod:`probes.patching.mecha
   of each strategy's first response token (probability, ``[N, S]`` per pass);
 - :class:`TraceLogProb` (execution): ``log P(canonical trace, end token | prompt, strategy word)``
   of a teacher-forced trace (nats, <= 0; ``exp`` of it is the exact forced accuracy ``a(s|x)``
-  where the correct response is unique, :mod:`probes.behavior.exact`).
+  where the correct response is unique, :mod:`probes.behaviour.exact`).
 
 Two secondary metrics in nats (the verdict before issue 17; kept as secondary evidence):
 
@@ -224,7 +224,7 @@ class StrategyProbs(Metric):
     """Routing metric in the behaviour's units: ``pi(s|x)``, the temperature-1 probability of each
     strategy's first response token at ``prompt_end`` (probability; ``[N, S]`` per pass, ``S`` =
     :data:`probes.task.traces.STRATEGIES` in order). The same quantity as the behaviour stage's
-    ``pi`` (:func:`probes.behavior.generate.first_token_probs`); mass on other tokens is no strategy.
+    ``pi`` (:func:`probes.behaviour.generate.first_token_probs`); mass on other tokens is no strategy.
 
     Args:
         tokenizer: the checkpoints' tokenizer, or None to take the ids from ``ids``.
@@ -263,7 +263,7 @@ class TraceLogProb(Metric):
     inputs ``prompt + sep + response + eos``. ``exp`` of it is the probability that sampling at
     temperature 1 after the forced strategy word writes exactly this response and stops: the exact
     forced-strategy accuracy ``a(s|x)`` when the correct response is unique
-    (:mod:`probes.behavior.exact`).
+    (:mod:`probes.behaviour.exact`).
 
     Every token after the strategy word's token is a target, scored at the token before it; the
     strategy word itself is forced, not scored. The end token is the one SFT teaches and

@@ -45,7 +45,7 @@ from activations.backends import make_backend
 from activations.load import load_checkpoint
 from activations.io import write_json
 from activations.pair import check_pair
-from probes.behavior.generate import max_trace_words, tokens_per_word
+from probes.behaviour.generate import max_trace_words, tokens_per_word
 from probes.patching.attribution import agreement, attribution_patching, confirm_top_hits
 from probes.patching.behaviour import behaviour_summary, patched_generate
 from probes.patching.bootstrap import mean_ci
@@ -76,7 +76,7 @@ def stratified_subset(problems: Sequence[Problem], n: int | None) -> list[Proble
     length) as far as the strata allow: round-robin over the strata in order of first appearance,
     each stratum's problems in their order (None or ``n >= len``: all of them, in order).
 
-    For the held-out problems of :func:`probes.behavior.__main__.held_out_problems`, which are
+    For the held-out problems of :func:`probes.behaviour.__main__.held_out_problems`, which are
     drawn round-robin over the same strata, this is their first ``n``.
     """
     if n is None or n >= len(problems):
@@ -114,7 +114,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         problems: the problems to measure (a run's held-out problems); a stratified subset of
             ``cfg.n_problems`` of them is patched (:func:`stratified_subset`). None: draw
             ``cfg.n_problems`` with the behaviour stage's sampler
-            (:func:`probes.behavior.__main__.held_out_problems`, ``cfg.steps``, ``cfg.fields``,
+            (:func:`probes.behaviour.__main__.held_out_problems`, ``cfg.steps``, ``cfg.fields``,
             ``cfg.seed``).
 
     Returns:
@@ -125,7 +125,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         PairMismatchError: the two checkpoints cannot be patched (different architecture or
             tokenizer; the message names the first difference).
     """
-    from probes.behavior.pipeline import held_out_problems
+    from probes.behaviour.pipeline import held_out_problems
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def _per_problem(pb: PatchedBehaviour, problems: Sequence[Problem]) -> list[dict
 def behaviour_terms(pb: PatchedBehaviour, n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
     """The behavioural delta, selection and improvement (Shapley split) on the patched problems,
     from the sweep's unpatched exact ``pi`` and ``a``: ``{term: {"mean", "ci", "n"}}``."""
-    from probes.behavior.decompose import decompose
+    from probes.behaviour.decompose import decompose
 
     dec = decompose(pb.pi_r, pb.a_r, pb.pi_d, pb.a_d)
     return {k: mean_ci(getattr(dec, k), n_boot=n_boot, seed=seed) for k in ("delta", "selection", "improvement")}

@@ -2,7 +2,7 @@
 
 It is decided in the behaviour's units. The behaviour stage splits the accuracy change into a
 selection and an improvement term (accuracy units, 95% bootstrap CIs over problems;
-:mod:`probes.behavior.decompose`); cross-model patching measures how much of each term the post-RL
+:mod:`probes.behaviour.decompose`); cross-model patching measures how much of each term the post-RL
 residual stream carries into the pre-RL model at the score site (the *recovery*, a fraction of the
 term; :mod:`probes.patching.mechanistic`): the prompt positions for selection, the trace positions
 for improvement.

@@ -216,6 +216,6 @@ def strip_draws(scores: dict) -> dict:
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values`` ``[n]`` (resampling items)."""
-    from probes.behavior.decompose import bootstrap_ci
+    from probes.behaviour.decompose import bootstrap_ci
 
     return bootstrap_ci(np.asarray(values, dtype=np.float64), n_boot, seed, level)

@@ -5,8 +5,8 @@ shared split by problem chain; with two models it adds transfer and direction co
 models themselves it adds the steering dose-response at each model's best strategy layer.
 :func:`probe_report` is the pre-RL / post-RL pair (issue #5's acceptance run)::
 
-    probe_report("runs/x/cache/pre", "runs/x/cache/post", "runs/x/behavior.pre.jsonl",
-                 "runs/x/behavior.post.jsonl", "runs/x/probes", models=("ckpt/pre", "ckpt/post"))
+    probe_report("runs/x/cache/pre", "runs/x/cache/post", "runs/x/behaviour.pre.jsonl",
+                 "runs/x/behaviour.post.jsonl", "runs/x/probes", models=("ckpt/pre", "ckpt/post"))
 
 ``probes.json`` (``schema_version`` 2): ``config``, ``settings`` (hooks, position, targets,
 steering doses), ``split`` (held-out chains, shared by every model, hook and target),
@@ -141,7 +141,7 @@ def run_probes(
         steer_alphas: doses (multiples of ``mu_F - mu_B``). steer_n: held-out prompts steered.
         steer_generate: also generate greedy responses under steering.
         steer_max_new_tokens: their budget in tokens (None: the longest correct trace of the
-            steered problems, :func:`probes.behavior.generate.max_trace_tokens`).
+            steered problems, :func:`probes.behaviour.generate.max_trace_tokens`).
         progress: tqdm bars.
         chat: steer prompts rendered in the models' chat template
             (:func:`activations.batch.render_prompt`), as the stores were cached.
@@ -305,7 +305,7 @@ def _probe_hook(sets, labs, targets, cfg, test_groups, out_dir, prefix, figure_l
 
 def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, max_new_tokens, cfg, progress,
               chat=False) -> dict:
-    from probes.behavior.generate import max_trace_tokens
+    from probes.behaviour.generate import max_trace_tokens
     from probes.probing.steering import steering_dose_response
 
     out = {}

@@ -1,7 +1,7 @@
 """What the probes predict: per-problem labels and the targets built from them.
 
-Labels come from a behaviour file (the per-problem JSONL that ``python -m probes.behavior``
-writes next to its summary, rows of :meth:`probes.behavior.evaluate.ProblemBehavior.to_dict`) or
+Labels come from a behaviour file (the per-problem JSONL that ``python -m probes.behaviour``
+writes next to its summary, rows of :meth:`probes.behaviour.evaluate.ProblemBehaviour.to_dict`) or
 from plain task records (``id`` and ``prompt``; only the targets that need no behaviour are then
 available). Targets (:data:`TARGETS`):
 

@@ -29,7 +29,7 @@ def strategy_figure(run: Path) -> Path:
     """P(forward) (first-token probability, T = 1) by type and k for both models."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for role, label, style in (("reference", "pre-RL", "o--"), ("model", "post-RL", "s-")):
-        rows = _rows(run / "behavior" / f"behavior.{role}.jsonl")
+        rows = _rows(run / "behaviour" / f"behaviour.{role}.jsonl")
         for ax, t in zip(axes, ("evaluation", "inversion")):
             by_k = defaultdict(list)
             for r in rows:
@@ -48,7 +48,7 @@ def strategy_figure(run: Path) -> Path:
 
 def decomposition_figure(run: Path) -> Path:
     """Delta, selection and improvement (Shapley), pooled and by type, with 95% CIs."""
-    beh = json.loads((run / "behavior" / "behavior.json").read_text())
+    beh = json.loads((run / "behaviour" / "behaviour.json").read_text())
     d = beh["decomposition"]
     groups = [("pooled", d["pooled"])] + list(d["by_type"].items())
     terms = ("delta", "selection", "improvement")
@@ -69,7 +69,7 @@ def decomposition_figure(run: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = run_dir_from_argv(argv, "behaviour", "behavior/behavior.json")
+    run = run_dir_from_argv(argv, "behaviour", "behaviour/behaviour.json")
     if run is None:
         return 2
     for p in (strategy_figure(run), decomposition_figure(run)):

@@ -30,8 +30,15 @@ def run_dir_from_argv(argv: list[str] | None, prog: str, needs: str) -> Path | N
 
 
 def load(run: str | Path, rel: str) -> Any:
-    """A JSON file of the run folder (``results.json``, ``probes/probes.json``...)."""
-    return json.loads((Path(run) / rel).read_text())
+    """A JSON file of the run folder (``results.json``, ``probes/probes.json``...); a
+    ``results.json`` is read through :func:`probes.runfolder.read_results` (older schema versions
+    upgraded or refused with the fix)."""
+    path = Path(run) / rel
+    if path.name == "results.json":
+        from probes.runfolder import read_results
+
+        return read_results(path.parent)
+    return json.loads(path.read_text())
 
 
 def figure_path(run: str | Path, name: str) -> Path:

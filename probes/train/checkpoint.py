@@ -36,7 +36,7 @@ def save_final(model, tokenizer, out: Path, card: dict, dtype: str = "float16") 
     card.update({"saved_dtype": dtype, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "python": platform.python_version(), "versions": _versions()})
     atomic_write_text(tmp / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
-    keep = [p for p in ("behavior.json", "behavior.md") if (out / p).exists()]
+    keep = [p for p in ("behaviour.json", "behaviour.md") if (out / p).exists()]
     for p in keep:
         shutil.copy2(out / p, tmp / p)
     for sub in ("_work", "snapshots"):  # intermediate checkpoints for later resumes; keep_every snapshots

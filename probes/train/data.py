@@ -7,10 +7,10 @@ carry the prompt and the problem's fields so the reward can verify completions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 
+from activations.hashing import sha256_json_rows
 from probes.task.problems import random_problem
 from probes.task.traces import make_trace
 from probes.train.config import DataConfig
@@ -84,8 +84,6 @@ def completion_budget(rows: list[dict], tokenizer) -> int:
 
 
 def data_hash(rows: list[dict]) -> str:
-    """SHA-256 of the rows' canonical JSON (for checkpoint cards and manifests)."""
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps(r, sort_keys=True).encode())
-    return h.hexdigest()
+    """SHA-256 of the rows' canonical JSON (for checkpoint cards and manifests;
+    :func:`activations.hashing.sha256_json_rows`)."""
+    return sha256_json_rows(rows)

@@ -55,7 +55,7 @@ def test_chat_generation_stops_at_the_turn_end_and_the_response_verifies():
     turns: the generated response is the trace. Stopping at the tokenizer's eos alone ran on into
     the next turn and the verifier marked the response wrong."""
     from probes.synth import synth_tokenizer
-    from probes.behavior.generate import generate
+    from probes.behaviour.generate import generate
     from probes.task import sample_problems
     from probes.task.traces import make_trace
     from probes.task.verify import verify

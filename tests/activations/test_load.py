@@ -9,8 +9,8 @@ from activations.load import (
     load_tokenizer,
     parse_dtype,
     tokenizer_hash,
-    weight_hash,
 )
+from activations.hashing import state_dict_sha256 as weight_hash
 from probes.task import sample_problems
 from probes.task.tokenizer import build_tokenizer
 
@@ -84,3 +84,18 @@ def test_an_unknown_dtype_lists_the_accepted_names():
     assert parse_dtype("fp16") == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'float8'.*bfloat16"):
         parse_dtype("float8")
+
+
+def test_the_weights_hashes_on_disk_agree_with_sha256sum(tmp_path):
+    """activations.hashing is the one home of content hashes: one file's weights hash is what
+    sha256sum prints, and several files hash as their concatenation in name order."""
+    import hashlib
+
+    from activations.hashing import sha256_file, weights_sha256
+
+    (tmp_path / "b.safetensors").write_bytes(b"second")
+    (tmp_path / "a.safetensors").write_bytes(b"first")
+    assert weights_sha256(tmp_path) == hashlib.sha256(b"firstsecond").hexdigest()
+    assert sha256_file(tmp_path / "a.safetensors") == hashlib.sha256(b"first").hexdigest()
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        weights_sha256(tmp_path / "a.safetensors")

@@ -86,7 +86,7 @@ def _problem(seed):
 def test_every_path_reads_the_same_ids(worlds, seed, style, chat):
     from trl.data_utils import _tokenize
 
-    from probes.behavior.generate import first_token_probs, generate
+    from probes.behaviour.generate import first_token_probs, generate
     from probes.patching.metrics import TraceLogProb
     from probes.probing.steering import steered_first_token
     from probes.task.traces import make_trace

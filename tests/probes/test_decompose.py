@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probes.behavior.decompose import bootstrap_ci, decompose, summarize
+from probes.behaviour.decompose import bootstrap_ci, decompose, summarize
 
 
 def _rand(n=40, s=2, seed=0):

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes.behavior.exact import exact_forced_accuracy, forced_method
+from probes.behaviour.exact import exact_forced_accuracy, forced_method
 from probes.task.problems import random_problem
 from probes.task.tokenizer import SPECIAL_TOKENS, build_tokenizer, vocabulary
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, make_trace
@@ -84,7 +84,7 @@ def organism():
 
 @pytest.fixture(scope="module")
 def few():
-    from probes.behavior.pipeline import held_out_problems
+    from probes.behaviour.pipeline import held_out_problems
 
     return held_out_problems(8, 3, (1, 2, 3))
 
@@ -114,7 +114,7 @@ def test_exact_a_is_the_probability_of_the_canonical_trace(organism, few):
 def test_exact_a_agrees_with_sampled_forced_accuracy(organism, few):
     """200 forced samples per (problem, strategy): the share that verifies correct is within
     sampling error (4 binomial standard errors) of the exact probability."""
-    from probes.behavior.generate import generate
+    from probes.behaviour.generate import generate
 
     model, tok = organism
     ps = few[:3]

@@ -169,7 +169,7 @@ def test_killing_the_run_during_cache_then_rerunning_reuses_finished_work_and_gi
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     assert (out / "stages" / "behaviour.json").exists() and not (out / "stages" / "cache.json").exists()
     marker = (out / "stages" / "behaviour.json").read_bytes()
-    responses = (out / "behavior" / "behavior.model.jsonl").stat().st_mtime_ns
+    responses = (out / "behaviour" / "behaviour.model.jsonl").stat().st_mtime_ns
     finished = {p: v for p, v in _chunks(out).items() if p.suffix == ".json"}
     finished.update({p.with_suffix(".safetensors"): v for p, v in _chunks(out).items()
                      if p.suffix == ".safetensors" and p.with_suffix(".json") in finished})
@@ -181,7 +181,7 @@ def test_killing_the_run_during_cache_then_rerunning_reuses_finished_work_and_gi
     assert "[3/5 probes] running" in r.stderr and "[5/5 verdict] running" in r.stderr
     assert "finished chunk(s) on disk" in r.stderr
     assert (out / "stages" / "behaviour.json").read_bytes() == marker
-    assert (out / "behavior" / "behavior.model.jsonl").stat().st_mtime_ns == responses
+    assert (out / "behaviour" / "behaviour.model.jsonl").stat().st_mtime_ns == responses
     after = _chunks(out)
     for p, v in finished.items():  # the chunks finished before the kill were kept, not recomputed
         assert after[p] == v, p
@@ -380,7 +380,7 @@ def _routing_moved_execution_lost(src, out, steps=40, lr=3e-3):
 
     from activations.batch import encode_batch
     from activations.load import load_checkpoint
-    from probes.behavior.pipeline import held_out_problems
+    from probes.behaviour.pipeline import held_out_problems
     from probes.task.traces import STRATEGY_TOKEN
 
     ck = load_checkpoint(str(src))
@@ -416,7 +416,7 @@ def test_a_post_model_that_lost_execution_while_its_routing_moved_states_the_reg
     v = res["verdict"]
     imp = res["decomposition"]["pooled"]["improvement_ci"]
     assert imp[1] < -0.2, imp  # execution collapsed: the pair is what the test says it is
-    assert res["behavior"]["post_rl"]["strategy_share"]["all"]["first_token"]["backward"] > 0.9  # routing moved
+    assert res["behaviour"]["post_rl"]["strategy_share"]["all"]["first_token"]["backward"] > 0.9  # routing moved
     texts = [x["text"] for x in v["regressions"]]
     assert any(t.startswith("execution degraded: improvement -") for t in texts), texts
     assert "REGRESSION: execution degraded: improvement -" in r.stdout
@@ -517,8 +517,24 @@ def test_a_corrupt_run_folder_file_is_one_error_line(same_model_run, tmp_path):
     out, _, ckpt = same_model_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    f = run / "behavior" / "behavior.json"
+    f = run / "behaviour" / "behaviour.json"
     f.write_text(f.read_text()[:1000])
     r = _main("--quick", "--pre-rl", ckpt, "--post-rl", ckpt, "--out", run, "--stages", "verdict", "--force")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "behavior.json is corrupt or truncated" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "behaviour.json is corrupt or truncated" in r.stderr
+
+
+def test_results_of_schema_2_are_read_with_one_spelling_and_others_refused(tmp_path):
+    """results.json schema 3 spells behaviour one way; a schema-2 file (key ``behavior``) is
+    upgraded in memory, and an unknown version is refused with its number and the fix."""
+    import json
+
+    from probes.runfolder import RESULTS_SCHEMA_VERSION, RunFolderError, read_results
+
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 2, "behavior": {"x": 1}, "verdict": {}}))
+    res = read_results(tmp_path)
+    assert res["behaviour"] == {"x": 1} and "behavior" not in res
+    assert res["schema_version"] == RESULTS_SCHEMA_VERSION == 3
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 1, "behavior": {}}))
+    with pytest.raises(RunFolderError, match="schema_version 1.*rerun python -m probes.run"):
+        read_results(tmp_path)

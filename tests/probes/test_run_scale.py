@@ -114,7 +114,7 @@ def test_chat_runs_every_stage_on_the_prompt_inside_the_template(tiny, chat_run)
     assert res["verdict"]["label"] in ("selection", "improvement", "both", "neither")
     ck = load_checkpoint(tiny)
     tok = ck.tokenizer
-    row = json.loads((chat_run / "behavior" / "behavior.reference.jsonl").read_text().splitlines()[0])
+    row = json.loads((chat_run / "behaviour" / "behaviour.reference.jsonl").read_text().splitlines()[0])
     rendered = render_prompt(tok, row["prompt"], chat=True)
     assert rendered.endswith("<|im_start|> assistant ")
     with torch.no_grad():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.behavior.generate import generate
+from probes.behaviour.generate import generate
 from probes.patching.behaviour import behaviour_summary, patched_generate
 from probes.task import make_trace
 

@@ -33,7 +33,7 @@ def test_terms_are_zero_unpatched_and_the_behavioural_term_at_the_donor():
 
 
 def test_the_behavioural_terms_are_the_shapley_split():
-    from probes.behavior.decompose import decompose
+    from probes.behaviour.decompose import decompose
 
     pi_r, pi_d, a_r, a_d = _arrays()
     _, sel = selection_terms(pi_r, pi_d, a_r, a_d, pi_r[None])
@@ -81,7 +81,7 @@ def pair():
 
 @pytest.fixture(scope="module")
 def few():
-    from probes.behavior.pipeline import held_out_problems
+    from probes.behaviour.pipeline import held_out_problems
 
     return held_out_problems(8, 1, (1, 2))
 
@@ -122,8 +122,8 @@ def test_the_last_residual_stream_carries_every_term_when_only_blocks_differ(swe
 
 
 def test_the_unpatched_sweep_reads_the_behaviour_stage_quantities(swept, pair, few):
-    from probes.behavior.exact import trace_logprobs
-    from probes.behavior.generate import first_token_probs
+    from probes.behaviour.exact import trace_logprobs
+    from probes.behaviour.generate import first_token_probs
 
     pre, _, tok = pair
     a = np.exp(trace_logprobs(pre, tok, few))

@@ -62,7 +62,7 @@ def tiny_qwen2():
 
 
 def behaviour_rows(problems, strategies, seed=0):
-    """Behaviour-like label rows (``probes.behavior`` JSONL fields) for ``problems``."""
+    """Behaviour-like label rows (``probes.behaviour`` JSONL fields) for ``problems``."""
     rng = np.random.default_rng(seed)
     rows = []
     for p, s in zip(problems, strategies):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.behavior.generate import first_token_probs
+from probes.behaviour.generate import first_token_probs
 from probes.probing.steering import (
     add_at_prompt_end,
     parse_steering_site,

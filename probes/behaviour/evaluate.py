@@ -8,7 +8,7 @@ For every problem ``x`` it measures
 - ``a(s|x)``: forced-strategy accuracy, the probability that a temperature-1 response is correct
   when it is prefixed with ``s``'s first token, so ``a`` exists even for strategies the model
   rarely picks. By default it is *exact*: the probability of the one correct response, from one
-  teacher-forced forward pass (:mod:`probes.behavior.exact`); with ``forced_method="sampled"`` (or
+  teacher-forced forward pass (:mod:`probes.behaviour.exact`); with ``forced_method="sampled"`` (or
   ``"auto"`` on a tokenizer that can spell a response in several ways) it is the share of correct
   forced samples. ``sum_s pi(s|x) a(s|x)`` is then the model's temperature-1 accuracy in
   expectation (``implied_accuracy``), which the sampled accuracy estimates independently: the
@@ -23,14 +23,14 @@ from math import comb
 
 import numpy as np
 
-from probes.behavior.generate import first_token_probs, generate, max_trace_tokens, tokens_per_word
+from probes.behaviour.generate import first_token_probs, generate, max_trace_tokens, tokens_per_word
 from probes.task.problems import Problem
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, verify
 
 
 @dataclass
-class BehaviorSettings:
+class BehaviourSettings:
     """How a checkpoint is measured; ``chat`` renders prompts in its chat template
     (:func:`activations.batch.render_prompt`).
 
@@ -38,7 +38,7 @@ class BehaviorSettings:
         n_samples: temperature-1 samples per problem.
         n_forced: forced samples per problem and strategy (the forced accuracy when sampled; a
             check beside the exact one otherwise; 0: none).
-        forced_method: ``"auto"``, ``"exact"`` or ``"sampled"`` (:func:`probes.behavior.exact.forced_method`).
+        forced_method: ``"auto"``, ``"exact"`` or ``"sampled"`` (:func:`probes.behaviour.exact.forced_method`).
     """
 
     n_samples: int = 4
@@ -51,7 +51,7 @@ class BehaviorSettings:
 
 
 @dataclass
-class ProblemBehavior:
+class ProblemBehaviour:
     """Everything measured on one problem (``S`` = 2 strategies, forward then backward)."""
 
     problem: Problem
@@ -91,7 +91,7 @@ class ProblemBehavior:
         }
 
     @classmethod
-    def from_dict(cls, d: dict, problem: Problem) -> "ProblemBehavior":
+    def from_dict(cls, d: dict, problem: Problem) -> "ProblemBehaviour":
         """Rebuild from :meth:`to_dict` output; ``problem`` is the problem it was measured on.
 
         Raises:
@@ -128,10 +128,10 @@ def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, 
     return out
 
 
-def resolve_forced(settings: BehaviorSettings, tok) -> tuple[str, str, int]:
+def resolve_forced(settings: BehaviourSettings, tok) -> tuple[str, str, int]:
     """``(method, reason, n_forced)``: the forced-accuracy method for ``tok`` and the forced
-    samples to draw (at least :data:`probes.behavior.exact.AUTO_FALLBACK_SAMPLES` when sampled)."""
-    from probes.behavior.exact import AUTO_FALLBACK_SAMPLES, forced_method
+    samples to draw (at least :data:`probes.behaviour.exact.AUTO_FALLBACK_SAMPLES` when sampled)."""
+    from probes.behaviour.exact import AUTO_FALLBACK_SAMPLES, forced_method
 
     method, reason = forced_method(settings.forced_method, tok)
     n = settings.n_forced
@@ -140,8 +140,8 @@ def resolve_forced(settings: BehaviorSettings, tok) -> tuple[str, str, int]:
     return method, reason, n
 
 
-def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettings | None = None,
-                   progress: bool = True) -> list[ProblemBehavior]:
+def evaluate_model(model, tok, problems: list[Problem], settings: BehaviourSettings | None = None,
+                   progress: bool = True) -> list[ProblemBehaviour]:
     """Measure a checkpoint's behaviour on ``problems`` (see the module docstring).
 
     Raises:
@@ -150,9 +150,9 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettin
     """
     from tqdm.auto import tqdm
 
-    from probes.behavior.exact import exact_forced_accuracy
+    from probes.behaviour.exact import exact_forced_accuracy
 
-    settings = settings or BehaviorSettings()
+    settings = settings or BehaviourSettings()
     model.eval()
     method, _, n_forced = resolve_forced(settings, tok)
     pf, pb, ld = first_token_probs(model, tok, [p.prompt for p in problems], batch_size=settings.batch_size,
@@ -172,7 +172,7 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviorSettin
     for i, p in enumerate(problems):
         g = results[("greedy", 0)][i]
         vg = verify(p, g)
-        pbh = ProblemBehavior(p, np.array([pf[i], pb[i]], dtype=np.float64), float(ld[i]), g, vg.correct, vg.strategy)
+        pbh = ProblemBehaviour(p, np.array([pf[i], pb[i]], dtype=np.float64), float(ld[i]), g, vg.correct, vg.strategy)
         for r in range(settings.n_samples):
             t = results[("sample", r)][i]
             v = verify(p, t)
@@ -198,9 +198,9 @@ def stratum_key(p: Problem) -> str:
     return f"{p.type}/k{p.steps}/p{p.field}"
 
 
-def summarize_behavior(rows: list[ProblemBehavior], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Aggregate tables of one checkpoint's behaviour (keys documented in ``probes.behavior``)."""
-    from probes.behavior.decompose import bootstrap_ci
+def summarize_behaviour(rows: list[ProblemBehaviour], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Aggregate tables of one checkpoint's behaviour (keys documented in ``probes.behaviour``)."""
+    from probes.behaviour.decompose import bootstrap_ci
 
     def mean_ci(vals):
         vals = np.asarray(vals, dtype=np.float64)

@@ -41,7 +41,7 @@ def unique_spelling_reason(tokenizer: Any) -> str | None:
     under ``tokenizer`` (None when it is the only one: every task word is one token after a space
     and as the first word of a response).
     """
-    from probes.behavior.generate import tokens_per_word
+    from probes.behaviour.generate import tokens_per_word
 
     n = tokens_per_word(tokenizer)
     if n > 1:

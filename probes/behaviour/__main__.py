@@ -1,5 +1,5 @@
-"""``python -m probes.behavior``: behaviour of a checkpoint, and the decomposition against a reference
-(the library is :mod:`probes.behavior.pipeline`)."""
+"""``python -m probes.behaviour``: behaviour of a checkpoint, and the decomposition against a reference
+(the library is :mod:`probes.behaviour.pipeline`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import json
 import logging
 import sys
 
-from probes.behavior.pipeline import format_table, held_out_problems, parse_steps, run_behavior
+from probes.behaviour.pipeline import format_table, held_out_problems, parse_steps, run_behaviour
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.behavior.evaluate import BehaviorSettings
+    from probes.behaviour.evaluate import BehaviourSettings
     from activations.io import atomic_write_text
 
-    ap = argparse.ArgumentParser(prog="python -m probes.behavior", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m probes.behaviour", description=__doc__)
     ap.add_argument("--model", required=True, help="checkpoint directory (the model after the change)")
     ap.add_argument("--reference", help="checkpoint before the change: adds the decomposition")
     ap.add_argument("--n", type=int, default=1000, help="held-out problems (stratified over field x type x steps)")
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                     "forced accuracy when sampled; a check beside the exact one otherwise)")
     ap.add_argument("--forced-method", choices=("auto", "exact", "sampled"), default="auto",
                     help="forced accuracy: exact (the probability of the one correct response), sampled, or auto "
-                         "(exact where the tokenizer spells each response one way; probes.behavior.exact)")
+                         "(exact where the tokenizer spells each response one way; probes.behaviour.exact)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--forced-method sampled needs --forced >= 1 samples per strategy")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     problems = held_out_problems(args.n, args.seed, args.steps)
-    settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed,
+    settings = BehaviourSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed,
                                 forced_method=args.forced_method)
-    result = run_behavior(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out,
+    result = run_behaviour(args.model, args.reference, problems, settings, n_boot=args.bootstrap, responses_out=args.out,
                           cache_dir=args.cache)
     result["settings"].update({"n": args.n, "steps": list(args.steps), "problem_seed": args.seed})
     atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -1,8 +1,8 @@
-"""``python -m probes.behavior.grid``: behaviour of every organism checkpoint, cards, the grid table.
+"""``python -m probes.behaviour.grid``: behaviour of every organism checkpoint, cards, the grid table.
 
 For each checkpoint under ``--root`` (SFT regimes ``sft-{fb,f,b}``, RL runs
 ``rl-{regime}-{same,hard}`` and control runs ``ctl-{regime}-{same,hard}``: continued SFT, not RL) it measures behaviour on the same held-out problems (RL runs
-against their SFT parent, which adds the decomposition), writes ``behavior.json`` and a card
+against their SFT parent, which adds the decomposition), writes ``behaviour.json`` and a card
 ``README.md`` into the checkpoint, and prints the paper's grid with the two claims checked:
 
 - *diverse SFT enables selection*: the selection term is larger after FB SFT than after
@@ -12,10 +12,10 @@ against their SFT parent, which adds the decomposition), writes ``behavior.json`
 
 An improvement control pair (continued SFT on harder chains with the strategy held fixed, not
 RL) is shipped as its start checkpoint, whose card names the end: ``"control_pair": {"after":
-NAME, ...}``; its ``behavior.json`` holds NAME measured against it, and the table lists the pair
+NAME, ...}``; its ``behaviour.json`` holds NAME measured against it, and the table lists the pair
 as ``START -> NAME (control)``.
 
-A checkpoint whose ``behavior.json`` was measured on the same weights (hash) and settings is
+A checkpoint whose ``behaviour.json`` was measured on the same weights (hash) and settings is
 not measured again, and each checkpoint's per-problem rows are cached under ``--cache`` (by
 weights hash, problems and settings), so a reference shared by two RL runs is measured once.
 """
@@ -28,6 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
+from activations.hashing import weights_sha256
 from activations.io import atomic_write_text
 
 REGIMES = {"fb": "FB mixture", "f": "forward-only", "b": "backward-only"}
@@ -41,7 +42,7 @@ def _fmt_ci(node: dict, key: str) -> str:
 
 def card_markdown(name: str, card: dict, beh: dict) -> str:
     """The checkpoint card: what it is, how it was trained, its behaviour table."""
-    from probes.behavior.pipeline import format_table
+    from probes.behaviour.pipeline import format_table
 
     cfg = card.get("config", {})
     grpo = card.get("stage") == "grpo"
@@ -109,13 +110,13 @@ def grid_table(root: Path) -> tuple[str, dict]:
     for reg in REGIMES:
         names = [f"sft-{reg}"] + [f"{kind}-{reg}-{rl}" for kind in ("rl", "ctl") for rl in RL_DATA]
         for name in names:
-            f = root / name / "behavior.json"
+            f = root / name / "behaviour.json"
             if f.exists():
                 add_row(name, json.loads(f.read_text()))
     # improvement control pairs: a checkpoint whose card names the `control_pair` it is the start of
-    for d in sorted(p for p in root.iterdir() if (p / "card.json").exists() and (p / "behavior.json").exists()):
+    for d in sorted(p for p in root.iterdir() if (p / "card.json").exists() and (p / "behaviour.json").exists()):
         pair = json.loads((d / "card.json").read_text()).get("control_pair")
-        b = json.loads((d / "behavior.json").read_text())
+        b = json.loads((d / "behaviour.json").read_text())
         if pair and "decomposition" in b:
             add_row(f"{d.name} -> {pair['after']} (control)", b)
     claims = {}
@@ -157,10 +158,10 @@ def pair_checks(pooled: dict, natural_eval: float, natural_inv: float, forward: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.behavior.pipeline import held_out_problems, parse_steps, run_behavior, weights_hash
-    from probes.behavior.evaluate import BehaviorSettings
+    from probes.behaviour.pipeline import held_out_problems, parse_steps, run_behaviour
+    from probes.behaviour.evaluate import BehaviourSettings
 
-    ap = argparse.ArgumentParser(prog="python -m probes.behavior.grid", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m probes.behaviour.grid", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="checkpoints/organism")
     ap.add_argument("--n", type=int, default=1000)
@@ -169,15 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forced", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="checkpoint names to measure (default: all present)")
-    ap.add_argument("--cache", default="runs/behavior-cache",
+    ap.add_argument("--cache", default="runs/behaviour-cache",
                     help="per-problem rows of each measured checkpoint, reused when a reference serves several RL runs")
-    ap.add_argument("--table-only", action="store_true", help="print the grid from existing behavior.json files")
+    ap.add_argument("--table-only", action="store_true", help="print the grid from existing behaviour.json files")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = Path(args.root)
     if not args.table_only:
         problems = held_out_problems(args.n, args.seed, args.steps)
-        settings = BehaviorSettings(n_samples=args.samples, n_forced=args.forced, seed=args.seed)
+        settings = BehaviourSettings(n_samples=args.samples, n_forced=args.forced, seed=args.seed)
         for ckpt in sorted(p for p in root.iterdir() if (p / "card.json").exists()):
             if args.only and ckpt.name not in args.only:
                 continue
@@ -190,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model_dir = str(ckpt)
                 ref = card.get("init") if card.get("stage") == "grpo" or card.get("control") else None
-            whash = weights_hash(ckpt)
-            end_hash = weights_hash(model_dir) if pair else None  # a pair is stale when either end changes
+            whash = weights_sha256(ckpt)
+            end_hash = weights_sha256(model_dir) if pair else None  # a pair is stale when either end changes
             key = {"n": args.n, "steps": list(args.steps), "problem_seed": args.seed}
-            out = ckpt / "behavior.json"
+            out = ckpt / "behaviour.json"
             if out.exists():
                 old = json.loads(out.read_text())
                 if (old.get("weights_sha256") == whash and old.get("end_weights_sha256") == end_hash
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     logging.info("%s: behaviour up to date", ckpt.name)
                     continue
             known = {"model": end_hash, "reference": whash} if pair else {"model": whash}
-            res = run_behavior(model_dir, ref, problems, settings, cache_dir=args.cache, weights_sha256=known)
+            res = run_behaviour(model_dir, ref, problems, settings, cache_dir=args.cache, weights_sha256=known)
             res["settings"].update(key)
             res["weights_sha256"] = whash
             if pair:

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from probes.behavior.pipeline import held_out_problems, parse_steps
-from probes.behavior.evaluate import pass_at_k
+from probes.behaviour.pipeline import held_out_problems, parse_steps
+from probes.behaviour.evaluate import pass_at_k
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,9 @@ def test_steps_argument_parses_ranges_and_lists():
         parse_steps("a-b")
 
 
-def test_behavior_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir, tmp_path):
+def test_behaviour_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir, tmp_path):
     out = tmp_path / "b.json"
-    r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tiny_dir), "--reference", str(tiny_dir),
+    r = subprocess.run([sys.executable, "-m", "probes.behaviour", "--model", str(tiny_dir), "--reference", str(tiny_dir),
                         "--n", "16", "--steps", "1-2", "--samples", "2", "--forced", "1", "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -78,8 +78,8 @@ def test_behavior_cli_same_model_as_reference_gives_zero_decomposition(tiny_dir,
     assert all(np.sum(x["pi"]) <= 1 + 1e-6 for x in rows)
 
 
-def test_behavior_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "probes.behavior", "--model", str(tmp_path), "--n", "2", "--out",
+def test_behaviour_cli_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "probes.behaviour", "--model", str(tmp_path), "--n", "2", "--out",
                         str(tmp_path / "x.json")], capture_output=True, text=True)
     assert r.returncode == 2 and "has no config.json" in r.stderr and r.stderr.startswith("error:")
 
@@ -89,7 +89,7 @@ def test_generation_ignores_a_repetition_penalty_in_the_checkpoints_generation_c
     import torch
 
     from activations.load import load_checkpoint
-    from probes.behavior.generate import generate
+    from probes.behaviour.generate import generate
 
     ck = load_checkpoint(tiny_dir)
     model, tok = ck.model, ck.tokenizer
@@ -104,7 +104,7 @@ def test_generation_ignores_a_repetition_penalty_in_the_checkpoints_generation_c
 
 
 def test_the_generation_budget_counts_tokens_not_words():
-    from probes.behavior.generate import max_trace_tokens, max_trace_words, tokens_per_word
+    from probes.behaviour.generate import max_trace_tokens, max_trace_words, tokens_per_word
     from probes.task.tokenizer import build_tokenizer
 
     word_level = build_tokenizer()
@@ -120,7 +120,7 @@ def test_the_generation_budget_counts_tokens_not_words():
 
 
 def test_pair_checks_apply_issue_3_thresholds_to_share_and_term():
-    from probes.behavior.grid import pair_checks
+    from probes.behaviour.grid import pair_checks
 
     def pooled(sel, sel_ci, imp, imp_ci):
         return {"selection": sel, "selection_ci": sel_ci, "improvement": imp, "improvement_ci": imp_ci}
@@ -136,12 +136,13 @@ def test_pair_checks_apply_issue_3_thresholds_to_share_and_term():
 
 
 def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tiny_dir, tmp_path, monkeypatch):
-    import probes.behavior.evaluate as ev
-    from probes.behavior.pipeline import evaluate_cached, rows_cache_file, weights_hash
-    from probes.behavior.evaluate import BehaviorSettings
+    import probes.behaviour.evaluate as ev
+    from activations.hashing import weights_sha256 as weights_hash
+    from probes.behaviour.pipeline import evaluate_cached, rows_cache_file
+    from probes.behaviour.evaluate import BehaviourSettings
 
     problems = held_out_problems(12, seed=0, steps=(1, 2))
-    settings = BehaviorSettings(n_samples=2, n_forced=1, batch_size=8)
+    settings = BehaviourSettings(n_samples=2, n_forced=1, batch_size=8)
     calls = []
     real = ev.evaluate_model
     monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -154,8 +155,8 @@ def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tin
     assert [r.to_dict() for r in again] == [r.to_dict() for r in first]
     assert np.array_equal(np.stack([r.a for r in again]), np.stack([r.a for r in first]))
     # the batch size changes speed only, so it shares the entry; other settings or problems do not
-    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviorSettings(n_samples=2, n_forced=1)) == f
-    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviorSettings(n_samples=3, n_forced=1)) != f
+    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviourSettings(n_samples=2, n_forced=1)) == f
+    assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems, BehaviourSettings(n_samples=3, n_forced=1)) != f
     assert rows_cache_file(tmp_path, weights_hash(tiny_dir), problems[:-1], settings) != f
     # a truncated file is detected, measured again and rewritten whole
     f.write_text("\n".join(f.read_text().splitlines()[:5]) + "\n{broken")
@@ -163,30 +164,30 @@ def test_the_row_cache_measures_a_checkpoint_once_and_refuses_a_damaged_file(tin
     assert len(calls) == 2 and len(f.read_text().splitlines()) == len(problems)
     assert [r.to_dict() for r in third] == [r.to_dict() for r in first]
     # a hash the caller already has is used as the key: the weights are not read again
-    import probes.behavior.pipeline as bm
+    import probes.behaviour.pipeline as bm
     known = weights_hash(tiny_dir)
-    monkeypatch.setattr(bm, "weights_hash", lambda d: (_ for _ in ()).throw(AssertionError("hashed again")))
+    monkeypatch.setattr(bm, "checkpoint_weights_sha256", lambda d: (_ for _ in ()).throw(AssertionError("hashed again")))
     fourth = evaluate_cached(str(tiny_dir), problems, settings, tmp_path, progress=False, weights_sha256=known)
     assert len(calls) == 2 and [r.to_dict() for r in fourth] == [r.to_dict() for r in first]
 
 
 def test_a_behaviour_row_refuses_another_problem(tiny_dir):
-    from probes.behavior.evaluate import ProblemBehavior
+    from probes.behaviour.evaluate import ProblemBehaviour
 
     a, b = held_out_problems(2, seed=0, steps=(3,))
     row = {"id": a.id, "pi": [0.5, 0.5], "logit_diff": 0.0, "greedy": "", "greedy_correct": False,
            "greedy_strategy": "unparseable", "samples": [], "sample_correct": [], "sample_strategy": [],
            "forced_correct": {"forward": [True], "backward": [False]}}
-    assert ProblemBehavior.from_dict(row, a).a.tolist() == [1.0, 0.0]
+    assert ProblemBehaviour.from_dict(row, a).a.tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="does not belong"):
-        ProblemBehavior.from_dict(row, b)
+        ProblemBehaviour.from_dict(row, b)
 
 
 def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the_end_changes(tiny_dir, tmp_path, capsys):
     import shutil
 
-    from probes.behavior.pipeline import weights_hash
-    from probes.behavior.grid import main as grid_main
+    from activations.hashing import weights_sha256 as weights_hash
+    from probes.behaviour.grid import main as grid_main
     from probes.task.tokenizer import build_tokenizer
     from probes.train.config import ModelConfig
     from probes.train.model import build_model
@@ -202,35 +203,35 @@ def test_the_grid_measures_a_control_pair_from_its_start_and_remeasures_when_the
     argv = ["--root", str(root), "--n", "8", "--steps", "1-2", "--samples", "1", "--forced", "1",
             "--cache", str(tmp_path / "cache")]
     assert grid_main(argv) == 0
-    res = json.loads((root / "start" / "behavior.json").read_text())
+    res = json.loads((root / "start" / "behaviour.json").read_text())
     assert res["model"] == str(root / "end") and res["reference"] == str(root / "start")
-    assert "decomposition" in res and "decomposition" not in json.loads((root / "end" / "behavior.json").read_text())
+    assert "decomposition" in res and "decomposition" not in json.loads((root / "end" / "behaviour.json").read_text())
     out = capsys.readouterr().out
     assert "| start -> end (control) |" in out and '"start -> end (control)"' in out  # a row and its pair checks
     card = (root / "start" / "README.md").read_text()
     assert "start of an improvement control pair" in card
     assert f"sha256 `{weights_hash(root / 'start')[:16]}" in card  # its own weights, not the end's
     # up to date: not measured again; a new end checkpoint is
-    mtime = (root / "start" / "behavior.json").stat().st_mtime_ns
+    mtime = (root / "start" / "behaviour.json").stat().st_mtime_ns
     assert grid_main(argv) == 0
-    assert (root / "start" / "behavior.json").stat().st_mtime_ns == mtime
+    assert (root / "start" / "behaviour.json").stat().st_mtime_ns == mtime
     build_model(ModelConfig(layers=2, d_model=32, heads=4, kv_heads=2, d_mlp=64), tok, seed=5).save_pretrained(str(root / "end"))
     assert grid_main(argv) == 0
-    assert (root / "start" / "behavior.json").stat().st_mtime_ns != mtime
+    assert (root / "start" / "behaviour.json").stat().st_mtime_ns != mtime
 
 
 def test_a_grpo_card_shows_its_grpo_settings_and_rl_data_and_not_the_sft_mixture():
     from pathlib import Path
 
-    from probes.behavior.grid import card_markdown
+    from probes.behaviour.grid import card_markdown
 
     d = Path("checkpoints/organism/rl-f-same")
     card = json.loads((d / "card.json").read_text())
-    text = card_markdown("rl-f-same", card, json.loads((d / "behavior.json").read_text()))
+    text = card_markdown("rl-f-same", card, json.loads((d / "behaviour.json").read_text()))
     data_line = next(l for l in text.splitlines() if l.startswith("- data:"))
     assert "strategies" not in data_line and '"steps"' in data_line
     assert f'"max_completion_length": {card["config"]["grpo"]["max_completion_length"]}' in text
     assert "- RL data: same difficulty" in text and "- stage: GRPO (TRL GRPOTrainer)" in text
     sft = json.loads(Path("checkpoints/organism/sft-f/card.json").read_text())
-    sft_text = card_markdown("sft-f", sft, json.loads(Path("checkpoints/organism/sft-f/behavior.json").read_text()))
+    sft_text = card_markdown("sft-f", sft, json.loads(Path("checkpoints/organism/sft-f/behaviour.json").read_text()))
     assert "strategies" in sft_text and "- GRPO:" not in sft_text and "- RL data:" not in sft_text

@@ -2,19 +2,20 @@
 
 :func:`held_out_problems` (the stratified held-out set every stage reads), :func:`evaluate_cached`
 (a checkpoint's per-problem rows, cached by weights hash, problems and settings),
-:func:`run_behavior` (both checkpoints and the decomposition) and :func:`format_table`.
-``python -m probes.behavior`` (:mod:`probes.behavior.__main__`) is its command line.
+:func:`run_behaviour` (both checkpoints and the decomposition) and :func:`format_table`.
+``python -m probes.behaviour`` (:mod:`probes.behaviour.__main__`) is its command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from activations.hashing import sha256_json, weights_sha256 as checkpoint_weights_sha256
 
 SCHEMA_VERSION = 1
 
@@ -81,58 +82,36 @@ def load_model(path: str):
     return ckpt.model, ckpt.tokenizer
 
 
-def weights_hash(ckpt: str | Path) -> str:
-    """SHA-256 (hex) of a checkpoint's weights: the bytes of its ``*.safetensors`` files in name
-    order (one file: that file's hash).
-
-    Raises:
-        FileNotFoundError: the directory holds no ``*.safetensors`` file.
-    """
-    import hashlib
-
-    files = sorted(Path(ckpt).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{ckpt}: no *.safetensors weights to hash")
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def rows_cache_file(cache_dir: str | Path, weights_sha256: str, problems, settings) -> Path:
     """Where the per-problem rows of one (weights, problems, settings) triple are cached:
     ``CACHE_DIR/<sha256 of the three>.jsonl`` (``batch_size`` is left out: it changes speed, not results)."""
-    import hashlib
-
     key = {"weights": weights_sha256, "problems": [p.id for p in problems],
            "settings": {k: v for k, v in sorted(settings.__dict__.items()) if k != "batch_size"}}
-    return Path(cache_dir) / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32] + ".jsonl")
+    return Path(cache_dir) / (sha256_json(key)[:32] + ".jsonl")
 
 
 def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True, weights_sha256=None):
-    """:func:`probes.behavior.evaluate.evaluate_model` on one checkpoint, through a cache of its
+    """:func:`probes.behaviour.evaluate.evaluate_model` on one checkpoint, through a cache of its
     per-problem rows when ``cache_dir`` is given (so a reference shared by several RL runs is
     measured once). A cache file that cannot be read back whole, or belongs to other problems,
-    is logged, ignored and rewritten. ``weights_sha256``: the checkpoint's :func:`weights_hash`
+    is logged, ignored and rewritten. ``weights_sha256``: the checkpoint's :func:`activations.hashing.weights_sha256`
     when the caller has it already (the weights are then not read twice); computed when None.
 
     Returns:
-        One :class:`~probes.behavior.evaluate.ProblemBehavior` per problem, in order.
+        One :class:`~probes.behaviour.evaluate.ProblemBehaviour` per problem, in order.
     """
-    from probes.behavior.evaluate import ProblemBehavior, evaluate_model
+    from probes.behaviour.evaluate import ProblemBehaviour, evaluate_model
     from activations.io import LineError, read_jsonl, write_jsonl
 
     f = None
     if cache_dir:
-        f = rows_cache_file(cache_dir, weights_sha256 or weights_hash(model_dir), problems, settings)
+        f = rows_cache_file(cache_dir, weights_sha256 or checkpoint_weights_sha256(model_dir), problems, settings)
     if f is not None and f.exists():
         recs = [r for _, r in read_jsonl(f)]
         try:
             if len(recs) != len(problems) or any(isinstance(r, LineError) for r in recs):
                 raise ValueError(f"{len(recs)} readable rows for {len(problems)} problems")
-            rows = [ProblemBehavior.from_dict(r, p) for r, p in zip(recs, problems)]
+            rows = [ProblemBehaviour.from_dict(r, p) for r, p in zip(recs, problems)]
             logging.info("behaviour rows of %s read from the cache %s", model_dir, f)
             return rows
         except (ValueError, KeyError, TypeError) as e:
@@ -145,19 +124,19 @@ def evaluate_cached(model_dir, problems, settings, cache_dir=None, progress=True
     return rows
 
 
-def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None,
+def run_behaviour(model_dir, reference_dir, problems, settings, n_boot=1000, progress=True, responses_out=None,
                  cache_dir=None, weights_sha256=None):
     """Evaluate one or two checkpoints on the same problems; returns the JSON-ready dict.
 
     ``cache_dir``: reuse (and store) each checkpoint's per-problem rows there, keyed by its weights'
     hash, the problems and the settings (:func:`evaluate_cached`). ``weights_sha256``: hashes the
     caller has already computed, by role (``{"model": ..., "reference": ...}``; either may be missing)."""
-    from probes.behavior.decompose import decompose, summarize
-    from probes.behavior.evaluate import stratum_key, summarize_behavior
+    from probes.behaviour.decompose import decompose, summarize
+    from probes.behaviour.evaluate import stratum_key, summarize_behaviour
     from activations.io import write_jsonl
 
     from activations.load import load_tokenizer
-    from probes.behavior.evaluate import resolve_forced
+    from probes.behaviour.evaluate import resolve_forced
 
     result: dict = {"schema_version": SCHEMA_VERSION, "model": str(model_dir), "reference": reference_dir and str(reference_dir),
                     "settings": dict(settings.__dict__), "models": {}}
@@ -167,7 +146,7 @@ def run_behavior(model_dir, reference_dir, problems, settings, n_boot=1000, prog
             continue
         rows[role] = evaluate_cached(d, problems, settings, cache_dir, progress,
                                      weights_sha256=(weights_sha256 or {}).get(role))
-        result["models"][role] = summarize_behavior(rows[role], n_boot=n_boot, seed=settings.seed)
+        result["models"][role] = summarize_behaviour(rows[role], n_boot=n_boot, seed=settings.seed)
         if responses_out:
             write_jsonl(Path(responses_out).with_suffix(f".{role}.jsonl"), [r.to_dict() for r in rows[role]])
     method, reason, n_forced = resolve_forced(settings, load_tokenizer(str(model_dir)))  # loadable: measured above
