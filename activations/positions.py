@@ -7,6 +7,8 @@ A position spec is one of:
 - ``steps``: the token of each step's ``=`` in a teacher-forced trace, where the model computes
   the step's result (:func:`probes.task.traces.step_positions`); needs a response;
 - ``all``: every real token;
+- ``prompt``: every prompt token, ``0 .. prompt_end`` (what the model has read);
+- ``response``: every token of the teacher-forced response (needs a response);
 - ``words:i,j,...``: the last token of the task prompt's ``i``-th whitespace-separated word
   (negative counts from the prompt's last word), so that one label is the same word role in
   prompts of different lengths and tokenizations (``words:1`` the problem-type word, ``words:-1``
@@ -39,7 +41,10 @@ from torch import Tensor
 
 from activations.batch import PositionError, TokenBatch
 
-KINDS = ("prompt_end", "steps", "all", "index", "words")
+GROUPS = ("prompt", "prompt_end", "response", "steps", "all")
+"""The named position groups: the positions of every path (cache, probes, patching cells) are these,
+``words:i`` and token indices; this module is their one home."""
+KINDS = GROUPS + ("index", "words")
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def parse_positions(specs: str | Sequence[str]) -> tuple[PositionSpec, ...]:
     out: list[PositionSpec] = []
     for s in specs:
         s = str(s).strip()
-        if s in ("prompt_end", "steps", "all"):
+        if s in GROUPS:
             out.append(PositionSpec(s))
         elif re.fullmatch(r"words:-?\d+(,-?\d+)*", s):
             out.append(PositionSpec("words", tuple(int(x) for x in s[len("words:"):].split(","))))
@@ -77,7 +82,7 @@ def parse_positions(specs: str | Sequence[str]) -> tuple[PositionSpec, ...]:
             out.append(PositionSpec("index", tuple(int(x) for x in s.split(","))))
         else:
             raise ValueError(
-                f"unknown position {s!r}: use prompt_end, steps, all, prompt words such as words:1,-1, or "
+                f"unknown position {s!r}: use prompt_end, prompt, response, steps, all, prompt words such as words:1,-1, or "
                 "token indices such as 0,-1 (within the unpadded input; negative from its end)"
             )
     if not out:
@@ -125,6 +130,35 @@ class PositionIndex:
                    torch.tensor(list(positions), dtype=torch.long), labels)
 
 
+def group_positions(group: str, batch: TokenBatch, b: int) -> list[int]:
+    """The positions (within the unpadded input) of ``group`` (one of :data:`GROUPS`) in row ``b``.
+
+    Raises:
+        ValueError: ``group`` is not one of :data:`GROUPS`.
+        PositionError: ``response`` or ``steps`` in an input without a teacher-forced response, or
+            ``steps`` when no task registered its step words (the message names the input's key).
+    """
+    n, end = int(batch.lengths[b]), int(batch.prompt_end[b])
+    if group == "prompt_end":
+        return [end]
+    if group == "prompt":
+        return list(range(end + 1))
+    if group == "all":
+        return list(range(n))
+    if group not in ("response", "steps"):
+        raise ValueError(f"unknown position group {group!r}: use one of {list(GROUPS)}")
+    if group == "steps":
+        from activations import batch as _batch
+
+        if _batch._STEP_WORDS is None:
+            raise PositionError("position 'steps' needs the task's step words: no task registered them "
+                                "(activations.batch.register_step_words; importing probes.task does)")
+    if not batch.has_response[b]:
+        raise PositionError(f"{batch.keys[b]}: position {group!r} needs a teacher-forced response, and this record "
+                            "has none (add a 'response' field)")
+    return list(range(end + 1, n)) if group == "response" else list(batch.steps[b])
+
+
 def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch: TokenBatch) -> PositionIndex:
     """The coordinates of ``specs`` in ``batch``: for each input in order, its rows for each spec
     in order.
@@ -139,29 +173,14 @@ def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch
     pos: list[int] = []
     labels: list[str] = []
     lengths = batch.lengths.tolist()
-    ends = batch.prompt_end.tolist()
     for b in range(len(batch)):
         n = lengths[b]
         for spec in specs:
-            if spec.kind == "prompt_end":
-                rows.append(b)
-                pos.append(ends[b])
-                labels.append("prompt_end")
-            elif spec.kind == "steps":
-                from activations import batch as _batch
-
-                if _batch._STEP_WORDS is None:
-                    raise PositionError("position 'steps' needs the task's step words: no task registered them "
-                                        "(activations.batch.register_step_words; importing probes.task does)")
-                if not batch.has_response[b]:
-                    raise PositionError(
-                        f"{batch.keys[b]}: position 'steps' needs a teacher-forced response, "
-                        "and this record has none (add a 'response' field)"
-                    )
-                for j, p in enumerate(batch.steps[b]):
-                    rows.append(b)
-                    pos.append(p)
-                    labels.append(f"step:{j}")
+            if spec.kind in GROUPS:
+                ps = group_positions(spec.kind, batch, b)
+                rows += [b] * len(ps)
+                pos += ps
+                labels += [f"step:{j}" for j in range(len(ps))] if spec.kind == "steps" else [spec.kind] * len(ps)
             elif spec.kind == "words":
                 tokens = batch.prompt_words[b] if batch.prompt_words else []
                 for i in spec.indices:
@@ -172,10 +191,6 @@ def resolve_positions(specs: Sequence[PositionSpec] | str | Sequence[str], batch
                     rows.append(b)
                     pos.append(tokens[i])
                     labels.append(f"word:{i}")
-            elif spec.kind == "all":
-                rows += [b] * n
-                pos += list(range(n))
-                labels += ["all"] * n
             else:
                 for i in spec.indices:
                     if not -n <= i < n:

@@ -52,7 +52,8 @@ BLOCK_HOOKS: tuple[str, ...] = (
 GLOBAL_HOOKS: tuple[str, ...] = ("hook_embed", "ln_final.hook_normalized")
 """Hooks outside the blocks (before the first, after the last)."""
 
-_BLOCK_RE = re.compile(r"^blocks\.(?P<layer>[^.]+)\.(?P<hook>.+)$")
+BLOCK_SITE_RE = re.compile(r"^blocks\.(?P<layer>[^.]+)\.(?P<hook>.+)$")
+"""``blocks.{layer}.{hook}`` with named groups ``layer`` and ``hook`` (the layer may be ``*`` or negative)."""
 
 
 class SiteError(ValueError):
@@ -132,7 +133,7 @@ def parse_site(name: str, n_layers: int) -> Site:
     name = name.strip()
     if name in GLOBAL_HOOKS:
         return Site(name=name, hook=name, layer=None)
-    m = _BLOCK_RE.match(name)
+    m = BLOCK_SITE_RE.match(name)
     if m is None or m.group("hook") not in BLOCK_HOOKS:
         raise _unknown(name)
     raw = m.group("layer")
@@ -173,7 +174,7 @@ def expand_sites(patterns: str | Sequence[str], n_layers: int) -> list[Site]:
     out: list[Site] = []
     seen: set[str] = set()
     for n in names:
-        m = _BLOCK_RE.match(n)
+        m = BLOCK_SITE_RE.match(n)
         if m is not None and m.group("layer") == "*":
             if m.group("hook") not in BLOCK_HOOKS:
                 raise _unknown(n)

@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.caching import make_records  # noqa: E402  (the same prompt-only records)
-from probes.run import peak_rss_gb  # noqa: E402
+from probes.pipeline import peak_rss_gb  # noqa: E402
 
 SITES = "blocks.*.hook_resid_post"
 

@@ -1,20 +1,50 @@
-"""The stages of ``python -m probes.run``, each reading and writing only the run folder.
+"""The stages of ``python -m probes.run`` as objects, each reading and writing only the run folder.
 
-behaviour -> cache -> probes -> patching -> verdict (report). Each stage function takes the
-resolved :class:`~probes.runconfig.RunConfig` and the :class:`~probes.runfolder.RunFolder`
-and returns a dict of what it wrote (relative paths and a few headline numbers).
+behaviour -> cache -> probes -> patching -> verdict (report). :data:`STAGES` is the one list: the
+command line (``--stages``), the resume logic (:func:`stage_hashes`, :func:`probes.pipeline.run_pipeline`)
+and the grid read it. A :class:`Stage` names the stages whose outputs it reads, the settings it
+hashes, what it writes, and the function that runs it: ``run(cfg, run_folder) -> dict`` of what it
+wrote (relative paths and a few headline numbers), recorded in its marker.
+
+Adding a stage is one :class:`Stage` in :data:`STAGES` (after every stage it reads).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from activations.hashing import checkpoint_sha256, sha256_json
 from probes.runconfig import RunConfig
-from probes.runfolder import RunFolder, read_json, write_json
+from probes.runfolder import RESULTS_SCHEMA_VERSION, RunFolder, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("behaviour", "cache", "probes", "patching", "verdict")
+PATCHING_ENGINE = 2
+"""Bumped when the patching stage's numbers change for the same inputs (2: the mechanistic
+decomposition on the run's problems), so that older patching stages rerun."""
+
+PROBES_ENGINE = 2
+"""Likewise for the probes stage (2: the within-type propensity map, Newton-fitted logistic probes,
+the prompt slots in the cache), so that older probe stages rerun."""
+
+
+CHECKPOINT_FILES: tuple[str, ...] = (
+    "*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+)
+"""The files of a checkpoint directory a stage reads when it loads the model and its tokenizer
+(weights, the architecture, every tokenizer file with its special tokens and chat template).
+``generation_config.json`` is not among them: generation ignores its sampling settings."""
+
+
+
+def checkpoint_id(path: str) -> str:
+    """The identity of a checkpoint for stage hashes: sha256 over the name and bytes of every file
+    of :data:`CHECKPOINT_FILES` it has (a Hub id or a missing directory: the string itself)."""
+    return checkpoint_sha256(path, CHECKPOINT_FILES)
+
 
 
 def run_problems(run: RunFolder) -> list:
@@ -40,7 +70,7 @@ def run_problems(run: RunFolder) -> list:
     return out
 
 
-def behaviour(cfg: RunConfig, run: RunFolder) -> dict:
+def run_behaviour_stage(cfg: RunConfig, run: RunFolder) -> dict:
     """Both checkpoints' behaviour on the held-out problems and the decomposition
     (``behaviour/behaviour.json``, responses in ``behaviour/behaviour.{model,reference}.jsonl``)."""
     from probes.behaviour.pipeline import held_out_problems, run_behaviour
@@ -67,7 +97,7 @@ def cache_positions(cfg: RunConfig) -> str:
     return f"{cfg.probe_position} {MAP_POSITIONS}"
 
 
-def cache(cfg: RunConfig, run: RunFolder) -> dict:
+def run_cache_stage(cfg: RunConfig, run: RunFolder) -> dict:
     """Activations of both checkpoints at every layer's ``probe_hook`` at ``probe_position`` and
     the prompt slots (:func:`cache_positions`; ``store/pre``, ``store/post``), in chunks of ``cache_chunk`` problems; an interrupted store
     resumes from its finished chunks (``activations.store.StoreWriter``)."""
@@ -94,7 +124,7 @@ def cache(cfg: RunConfig, run: RunFolder) -> dict:
     return out
 
 
-def probes(cfg: RunConfig, run: RunFolder) -> dict:
+def run_probes_stage(cfg: RunConfig, run: RunFolder) -> dict:
     """Linear probes on both stores (``probes/probes.json`` and figures)."""
     import shutil
 
@@ -115,7 +145,7 @@ def probes(cfg: RunConfig, run: RunFolder) -> dict:
             "problems": [p.id for p in run_problems(run)]}
 
 
-def patching(cfg: RunConfig, run: RunFolder) -> dict:
+def run_patching_stage(cfg: RunConfig, run: RunFolder) -> dict:
     """Cross-model (the mechanistic decomposition), counterfactual and attribution patching on a
     stratified subset of the run's problems (``patching/patching.json``)."""
     from probes.patching.config import PatchingConfig
@@ -137,4 +167,86 @@ def load_stage_outputs(run: RunFolder) -> dict:
     for name, rel in (("probes", "probes/probes.json"), ("patching", "patching/patching.json")):
         p = run.root / rel
         out[name] = read_json(p) if p.exists() else None
+    return out
+
+
+def run_verdict_stage(cfg: RunConfig, run: RunFolder) -> dict:
+    """``results.json`` (:func:`probes.results.assemble_results`), the report and its figures
+    (:func:`probes.reporting.run_report.write_run_report`)."""
+    from probes.reporting.run_report import write_run_report
+    from probes.results import assemble_results
+
+    res = assemble_results(cfg, run, load_stage_outputs(run))
+    write_json(run.path("results.json"), res)
+    md, html = write_run_report(cfg, run, res)
+    return {"results": "results.json", "report": str(html.relative_to(run.root)), "label": res["verdict"]["label"]}
+
+
+def _runs(cfg: RunConfig) -> dict:
+    """How a model is run, and with the chat template when it is on (only then, so that the hashes
+    of plain-prompt runs made before chat existed still hold)."""
+    return {"dtype": cfg.dtype, "device": cfg.device, "device_map": cfg.device_map, **({"chat": True} if cfg.chat else {})}
+
+
+def _weights(cfg: RunConfig) -> dict:
+    return {"w": {"pre": checkpoint_id(cfg.pre_rl), "post": checkpoint_id(cfg.post_rl)}}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline.
+
+    Attributes:
+        name: its name (``--stages``, the marker ``stages/NAME.json``).
+        summary: one line for ``--help``.
+        reads: the stages whose outputs it reads (their hashes enter its own).
+        inputs: ``cfg -> dict`` of the settings that change its numbers (checkpoints included),
+            hashed with the hashes of ``reads`` (:func:`stage_hashes`).
+        writes: the run-folder paths it writes.
+        run: ``(cfg, run_folder) -> dict`` of what it wrote.
+    """
+
+    name: str
+    summary: str
+    reads: tuple[str, ...]
+    inputs: Callable[[RunConfig], dict[str, Any]]
+    writes: tuple[str, ...]
+    run: Callable[[RunConfig, RunFolder], dict]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("behaviour", "responses of both checkpoints; strategy shares, accuracy, the decomposition", (),
+          lambda c: {**_weights(c), "n": c.n_problems, "steps": c.steps, "samples": c.samples, "forced": c.forced,
+                     "forced_accuracy": c.forced_accuracy, "seed": c.seed, "n_boot": c.n_boot,
+                     "layout": RESULTS_SCHEMA_VERSION, **_runs(c)},  # layout: the folder's file names (3: behaviour/)
+          ("problems.jsonl", "behaviour/"), run_behaviour_stage),
+    Stage("cache", "activations at every layer's probe hook, streamed to disk", ("behaviour",),  # problems.jsonl
+          lambda c: {**_weights(c), "hook": c.probe_hook, "pos": cache_positions(c), "backend": c.backend,
+                     "chunk": c.cache_chunk, **_runs(c)},
+          ("store/pre/", "store/post/"), run_cache_stage),
+    Stage("probes", "linear probes of the strategy, its propensity map, steering", ("behaviour", "cache"),
+          lambda c: {**_weights(c), "steer_n": c.steer_n, "steer_generate": c.steer_generate, "n_boot": c.n_boot,
+                     "engine": PROBES_ENGINE, "targets": c.probe_targets, **_runs(c)},
+          ("probes/",), run_probes_stage),
+    Stage("patching", "cross-model, counterfactual and attribution patching; the patching verdict", ("behaviour",),
+          lambda c: {**_weights(c), "patching": c.patching, "seed": c.seed, "backend": c.backend,
+                     "engine": PATCHING_ENGINE, **_runs(c)},
+          ("patching/",), run_patching_stage),
+    Stage("verdict", "results.json, the report and its figures", ("behaviour", "cache", "probes", "patching"),
+          lambda c: {"schema": RESULTS_SCHEMA_VERSION},
+          ("results.json", "report.md", "report.html", "figures/"), run_verdict_stage),
+)
+"""The pipeline, in order: every stage a stage reads comes before it."""
+
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def stage_hashes(cfg: RunConfig) -> dict[str, str]:
+    """Input hash of each stage: its :attr:`Stage.inputs` (the two checkpoints' files,
+    :func:`checkpoint_id`, and the settings that change its numbers) and the hashes of the stages
+    whose outputs it reads (:attr:`Stage.reads`). Changing an input reruns exactly the stages that
+    read it, directly or through another stage's outputs."""
+    out: dict[str, str] = {}
+    for st in STAGES:  # in order: every stage a stage reads comes before it
+        out[st.name] = sha256_json({"own": st.inputs(cfg), "reads": {u: out[u] for u in st.reads}})
     return out

@@ -8,7 +8,7 @@
 ``--snapshots DIR`` holds step-numbered checkpoint folders: ``step-N`` (``keep_every`` in a
 training stage's ``optim``, :func:`probes.train.checkpoint.snapshot_callback`) or ``checkpoint-N``
 (the layout transformers' and TRL's trainers write). Each snapshot is run against the start, as
-``python -m probes.run`` runs a pair, into ``OUT/step-N`` (:func:`probes.run.run_pipeline`: its stages
+``python -m probes.run`` runs a pair, into ``OUT/step-N`` (:func:`probes.pipeline.run_pipeline`: its stages
 resume per snapshot), with one problem set shared by every snapshot (the same ``n_problems``,
 ``steps`` and ``seed``) and lighter settings than a single pair's run (:data:`TRAJECTORY_DEFAULTS`).
 A snapshot that cannot be loaded (a file missing, truncated or corrupt:
@@ -115,17 +115,14 @@ def flip_step(steps: np.ndarray, curves: np.ndarray) -> int | None:
 def flip_with_ci(steps: np.ndarray, per_problem: np.ndarray, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
     """:func:`flip_step` of the mean curve of ``per_problem`` ``[K snapshots, N problems]``, with a
-    percentile bootstrap CI over problems (one resample of the problems per draw, shared by the
-    snapshots). Returns ``{"step", "ci", "n_boot"}``."""
-    rng = np.random.default_rng(seed)
+    percentile bootstrap CI over problems (:func:`probes.bootstrap.resample_counts`: one resample of
+    the problems per draw, shared by the snapshots). Returns ``{"step", "ci", "n_boot"}``."""
+    from probes.bootstrap import resample_counts
+
     N = per_problem.shape[1]
     point = flip_step(steps, per_problem.mean(1))
-    draws = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, N, N)
-        f = flip_step(steps, per_problem[:, idx].mean(1))
-        if f is not None:
-            draws.append(f)
+    curves = per_problem @ resample_counts(N, n_boot=n_boot, seed=seed).T / N  # [K, n_boot]: each draw's mean curve
+    draws = [f for f in (flip_step(steps, curves[:, b]) for b in range(n_boot)) if f is not None]
     ci = None
     if draws:
         lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2], method="inverted_cdf")
@@ -173,7 +170,7 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
     """
     from activations.load import check_checkpoint_files
     from probes.patching.verdict import VerdictRule
-    from probes.run import run_pipeline
+    from probes.pipeline import run_pipeline
     from probes.runconfig import RunConfig
     from probes.runfolder import write_json
 

@@ -54,6 +54,20 @@ class UnsupportedModelError(ValueError):
     """The model's module tree is not the Qwen2/Llama layout the site map expects."""
 
 
+SITE_EVENTS: dict[str, tuple[str, str, int]] = {
+    "hook_embed": ("embed", "output", 0),
+    "hook_resid_pre": ("layer", "input", 0),
+    "attn.hook_z": ("o_proj", "input", 1),
+    "hook_attn_out": ("attn", "output", 2),
+    "hook_resid_mid": ("ln2", "input", 3),
+    "hook_mlp_out": ("mlp", "output", 4),
+    "hook_resid_post": ("layer", "output", 5),
+    "ln_final.hook_normalized": ("norm", "output", 1),
+}
+"""This backend's mapping of every site of :mod:`activations.sites` (the one list of hook names) to
+``(module in LAYOUT, "input" or "output", order within the block)``: adding a site is one entry there
+and one here (``tests/activations/test_sites.py`` checks that every site has one)."""
+
 LAYOUT = {
     "embed": "model.embed_tokens",
     "layer": "model.layers.{l}",
@@ -151,15 +165,7 @@ class NNsightBackend(Backend):
         rows, cols = plan.rows, plan.cols
 
         def where(site: Site) -> tuple[str, str, int]:
-            return {
-                "hook_embed": ("embed", "output", 0),
-                "hook_resid_pre": ("layer", "input", 0),
-                "attn.hook_z": ("o_proj", "input", 1),
-                "hook_attn_out": ("attn", "output", 2),
-                "hook_resid_mid": ("ln2", "input", 3),
-                "hook_mlp_out": ("mlp", "output", 4),
-                "hook_resid_post": ("layer", "output", 5),
-            }[site.hook]
+            return SITE_EVENTS[site.hook]
 
         # At each event: writes, then captures, then reads (so reads see the patched values).
         captured: set[int] = set()

@@ -14,7 +14,8 @@ the change ``delta = acc' - acc`` splits exactly as
 
 Each holds per problem; strata and the pooled value average over problems with equal
 weight. Swapping the two models negates every term. Units: accuracy (fraction correct).
-Confidence intervals: percentile bootstrap over problems (Efron and Tibshirani 1993).
+Confidence intervals: percentile bootstrap over problems (Efron and Tibshirani 1993), from
+:func:`probes.bootstrap.mean_ci`, the draws the patching and probing intervals use too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from probes.bootstrap import mean_ci
 
 TERMS = ("delta", "selection", "improvement")
 ONE_SIDED = ("selection", "improvement", "interaction")
@@ -65,22 +68,20 @@ def decompose(pi_ref: np.ndarray, a_ref: np.ndarray, pi_new: np.ndarray, a_new: 
     )
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` ``[N]`` (resampling items)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    means = values[idx].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
 def summarize(dec: Decomposition, mask: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Means and bootstrap 95% CIs of every term over the problems selected by ``mask``.
 
-    The same bootstrap resamples are used for every term, so the CIs are of matched draws.
+    Args:
+        dec: the per-problem terms (``[N]`` each).
+        mask: ``[N]`` booleans selecting the problems; None selects all.
+        n_boot, seed: the bootstrap (:func:`probes.bootstrap.mean_ci`: problems resampled with
+            replacement, percentile interval; Efron and Tibshirani 1993).
+
+    Returns:
+        ``{"n", TERM, TERM + "_ci", "at_reference": {...}, "at_model": {...}}``: each mean is a
+        float (None when no problem is selected), each CI ``[lo, hi]`` (None when no problem is
+        selected; ``[nan, nan]`` when a selected term is NaN). Every term is resampled with the
+        same draws (same ``n`` and ``seed``), so the CIs are of matched draws.
     """
     m = np.ones_like(dec.delta, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     n = int(m.sum())
@@ -89,15 +90,12 @@ def summarize(dec: Decomposition, mask: np.ndarray | None = None, n_boot: int = 
     for side, terms in (("at_reference", dec.at_reference), ("at_model", dec.at_model)):
         for k, v in terms.items():
             series[f"{side}.{k}"] = v
-    rng_seed = seed
     for name, v in series.items():
-        v = v[m]
-        mean = float(v.mean()) if n else None
-        ci = list(bootstrap_ci(v, n_boot, rng_seed)) if n else None
+        res = mean_ci(v[m], n_boot=n_boot, seed=seed) if n else None
         node = out
         parts = name.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = mean
-        node[parts[-1] + "_ci"] = ci
+        node[parts[-1]] = res["mean"] if res else None
+        node[parts[-1] + "_ci"] = list(res["ci"]) if res else None
     return out

@@ -200,12 +200,12 @@ def stratum_key(p: Problem) -> str:
 
 def summarize_behaviour(rows: list[ProblemBehaviour], n_boot: int = 1000, seed: int = 0) -> dict:
     """Aggregate tables of one checkpoint's behaviour (keys documented in ``probes.behaviour``)."""
-    from probes.behaviour.decompose import bootstrap_ci
+    from probes import bootstrap
 
     def mean_ci(vals):
         vals = np.asarray(vals, dtype=np.float64)
         return {"mean": float(vals.mean()) if vals.size else None,
-                "ci": list(bootstrap_ci(vals, n_boot, seed)) if vals.size else None, "n": int(vals.size)}
+                "ci": list(bootstrap.mean_ci(vals, n_boot=n_boot, seed=seed)["ci"]) if vals.size else None, "n": int(vals.size)}
 
     greedy = np.array([r.greedy_correct for r in rows], dtype=float)
     sampled = np.array([np.mean(r.sample_correct) for r in rows])

@@ -16,7 +16,7 @@ Modules, one idea each:
 - :mod:`~probes.patching.sweep`: batched (and looped) sweeps over cells;
 - :mod:`~probes.patching.prefix`: prefix reuse for exact ``hook_resid_pre`` layer x position
   sweeps (only the layers and tokens a patch can change are run);
-- :mod:`~probes.patching.recovery` and :mod:`~probes.patching.bootstrap`: fraction of the gap
+- :mod:`~probes.patching.recovery` and :mod:`~probes.bootstrap`: fraction of the gap
   recovered, undefined (never NaN) when donor and recipient agree, with bootstrap CIs;
 - :mod:`~probes.patching.mechanistic`: the mechanistic decomposition: cross-model activation
   patching (Prakash et al. 2024, arXiv 2402.14811) of every (hook, layer), read as the behavioural

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from activations.batch import TokenBatch, cut_at_stop, encode_batch, stop_token_ids
 from activations.positions import PositionIndex
-from probes.patching.bootstrap import mean_ci
+from probes.bootstrap import mean_ci
 from probes.patching.cells import Cell
 from probes.patching.donor import Donor
 from probes.patching.recovery import recovery

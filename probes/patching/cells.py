@@ -27,11 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from activations.batch import TokenBatch
+from activations.batch import PositionError, TokenBatch
+from activations.positions import GROUPS, group_positions
 from activations.sites import BLOCK_HOOKS, parse_site
 
-POSITION_GROUPS: tuple[str, ...] = ("prompt", "prompt_end", "response", "steps", "all")
-"""Named position groups a cell can patch (or an int token index)."""
+POSITION_GROUPS: tuple[str, ...] = GROUPS
+"""Named position groups a cell can patch (or an int token index): :data:`activations.positions.GROUPS`."""
 
 Positions = Union[str, int]
 
@@ -89,21 +90,14 @@ def resolve_cell_positions(positions: Positions, batch: TokenBatch) -> tuple[lis
     rows: list[int] = []
     pos: list[int] = []
     lengths = batch.lengths.tolist()
-    ends = batch.prompt_end.tolist()
     for b in range(len(batch)):
-        n, end = lengths[b], ends[b]
         if isinstance(positions, int):
-            ps = [positions] if positions < n else []
-        elif positions == "prompt":
-            ps = list(range(end + 1))
-        elif positions == "prompt_end":
-            ps = [end]
-        elif positions == "all":
-            ps = list(range(n))
+            ps = [positions] if positions < lengths[b] else []
         else:
-            if not batch.has_response[b]:
-                raise CellError(f"{batch.keys[b]}: positions {positions!r} need a teacher-forced response")
-            ps = list(range(end + 1, n)) if positions == "response" else list(batch.steps[b])
+            try:
+                ps = group_positions(positions, batch, b)
+            except PositionError as e:
+                raise CellError(str(e)) from None
         rows += [b] * len(ps)
         pos += ps
     return rows, pos

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from activations.sites import BLOCK_HOOKS
 
-Hook = Literal["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
+Hook = Literal[BLOCK_HOOKS]  # type: ignore[valid-type]  # the block hooks of activations.sites, the one list
 
 
 class PatchingConfig(BaseModel):

@@ -29,6 +29,10 @@ from probes.reporting.rundir import save_png
 from probes.patching.cmap import CurveResult
 from probes.patching.counterfactual import Heatmap
 
+HOOK_COLORS = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
+               "hook_resid_post": "tab:red"}
+"""The colour of each block hook in every patching figure (matplotlib's default cycle)."""
+
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -94,8 +98,7 @@ def plot_term_curves(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path
     terms = ("selection", "improvement")
     fig = Figure(figsize=(10.4, 4.0), layout="constrained")
     axes = fig.subplots(1, 2, squeeze=False)[0]
-    colors = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
-              "hook_resid_post": "tab:red"}
+    colors = HOOK_COLORS
     for ax, term in zip(axes, terms):
         any_defined, beh = False, None
         for direction, style in (("post_into_pre", "-"), ("pre_into_post", "--")):

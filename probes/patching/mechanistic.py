@@ -43,7 +43,7 @@ from jaxtyping import Float
 
 from activations.batch import encode_batch
 from probes.behaviour.exact import by_steps, trace_logprobs
-from probes.patching.bootstrap import DEFAULT_LEVEL, percentile_ci, resample_counts
+from probes.bootstrap import DEFAULT_LEVEL, percentile_ci, resample_counts
 from probes.patching.cells import Cell, layer_cells
 from probes.patching.donor import Donor
 from probes.patching.metrics import StrategyProbs, TraceLogProb

@@ -46,9 +46,9 @@ from activations.load import load_checkpoint
 from activations.io import write_json
 from activations.pair import check_pair
 from probes.behaviour.generate import max_trace_words, tokens_per_word
+from probes.bootstrap import mean_ci
 from probes.patching.attribution import agreement, attribution_patching, confirm_top_hits
 from probes.patching.behaviour import behaviour_summary, patched_generate
-from probes.patching.bootstrap import mean_ci
 from probes.patching.cells import layer_cells
 from probes.patching.cmap import CurveResult
 from probes.patching.config import PatchingConfig

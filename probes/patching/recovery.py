@@ -23,7 +23,7 @@ recipient agree) contribute to neither sum.
 donor and recipient agree and nothing can be recovered: ``R`` is reported as ``None`` with the
 reason (:attr:`Recovery.reason`). The same holds for a single problem's ``r_i``.
 
-**Intervals.** Percentile bootstrap over problems (:mod:`probes.patching.bootstrap`); replicates
+**Intervals.** Percentile bootstrap over problems (:mod:`probes.bootstrap`); replicates
 in which the gap falls below ``tol`` are dropped and counted (:attr:`Recovery.undefined_replicates`).
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from probes.patching.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, percentile_ci, resample_counts
+from probes.bootstrap import DEFAULT_LEVEL, DEFAULT_N_BOOT, percentile_ci, resample_counts
 
 DEFAULT_TOL = 1e-4
 """Gaps (in the metric's unit, nats) below this are float noise: float32 logits of magnitude
@@ -133,7 +133,7 @@ def recoveries(
         recipient: ``[n]`` metric of the recipient run unpatched.
         donor: ``[n]`` metric of the donor run.
         tol: gap tolerance in the metric's unit (see :data:`DEFAULT_TOL`).
-        n_boot, level, seed: the bootstrap (:func:`probes.patching.bootstrap.resample_counts`).
+        n_boot, level, seed: the bootstrap (:func:`probes.bootstrap.resample_counts`).
         groups: ``n`` cluster labels (problem ids) when several rows belong to one problem.
 
     Raises:

@@ -4,9 +4,11 @@ Point values are sklearn's (:func:`~sklearn.metrics.accuracy_score`,
 :func:`~sklearn.metrics.balanced_accuracy_score`, :func:`~sklearn.metrics.roc_auc_score`,
 :func:`~sklearn.metrics.r2_score`). Intervals are percentile bootstraps that resample *groups*
 (problem chains) with replacement, since the rows of a chain are not independent; each draw is a
-multiplicity per group, so every metric of a draw is a weighted metric over the rows, computed
-for all draws at once. Draws can be returned so that differences of two scores on the same
-rows (selectivity, transfer gaps) get paired intervals.
+multiplicity per group (:func:`probes.bootstrap.resample_counts`, the draws of the behaviour and
+patching intervals too), so every metric of a draw is a weighted metric over the rows, computed
+for all draws at once, and the interval is :func:`probes.bootstrap.percentile_ci` (Efron and
+Tibshirani 1993). Draws can be returned so that differences of two scores on the same rows
+(selectivity, transfer gaps) get paired intervals.
 """
 
 from __future__ import annotations
@@ -17,22 +19,10 @@ from typing import Mapping
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, r2_score, roc_auc_score
 
+from probes.bootstrap import percentile_ci, resample_counts
+
 CLASSIFICATION_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc")
 REGRESSION_METRICS: tuple[str, ...] = ("r2",)
-
-
-def group_weights(groups: np.ndarray | None, n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n]`` row weights of a cluster bootstrap: each draw resamples the groups with
-    replacement and gives each row its group's multiplicity (rows resampled when ``groups`` is
-    None)."""
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        codes, G = np.arange(n), n
-    else:
-        _, codes = np.unique(np.asarray(groups), return_inverse=True)
-        G = int(codes.max()) + 1 if n else 0
-    counts = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot) if G else np.zeros((n_boot, 0))
-    return counts[:, codes].astype(np.float64)
 
 
 def _weighted_accuracy(W: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -76,14 +66,6 @@ def _weighted_r2(W: np.ndarray, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(sst > 0, 1 - sse / np.maximum(sst, 1e-300), np.nan)
 
 
-def _ci(draws: np.ndarray, level: float) -> list[float] | None:
-    d = draws[np.isfinite(draws)]
-    if d.size == 0:
-        return None
-    lo, hi = np.quantile(d, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return [float(lo), float(hi)]
-
-
 def classification_scores(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -102,7 +84,8 @@ def classification_scores(
         y_pred: ``[n]`` predicted classes.
         y_score: ``[n]`` scores for AUROC (larger = class 1); None or a multiclass ``y_true``
             gives ``auroc = None`` with the reason.
-        groups: ``[n]`` group ids to resample (chains); None resamples rows.
+        groups: ``[n]`` group ids to resample (chains); None resamples rows
+            (:func:`probes.bootstrap.resample_counts`).
         n_boot: bootstrap draws.
         seed: seed of the draws (the same seed and groups give the same draws, so scores of two
             probes on the same rows are paired).
@@ -110,13 +93,14 @@ def classification_scores(
         return_draws: also return the ``[n_boot]`` draws of each metric under ``"draws"``.
 
     Returns:
-        ``{"n": n, METRIC: {"value": float, "ci": [lo, hi]}, ...}``, metrics in
-        :data:`CLASSIFICATION_METRICS` (fractions; AUROC in [0, 1], 0.5 = chance).
+        ``{"n": n, METRIC: {"value": float, "ci": (lo, hi)}, ...}``, metrics in
+        :data:`CLASSIFICATION_METRICS` (fractions; AUROC in [0, 1], 0.5 = chance); ``ci`` is
+        None when no draw of the metric is defined.
         A metric that does not exist (one class in ``y_true``) is ``{"value": None,
         "reason": ...}``.
 
     Raises:
-        ValueError: arrays of different lengths.
+        ValueError: arrays of different lengths, ``n_boot < 1`` or ``groups`` of the wrong length.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = len(y_true)
@@ -128,7 +112,7 @@ def classification_scores(
         for m in CLASSIFICATION_METRICS:
             out[m] = {"value": None, "reason": "no rows"}
         return out
-    W = group_weights(groups, n, n_boot, seed)
+    W = resample_counts(n, n_boot=n_boot, seed=seed, groups=groups)
     correct = (y_true == y_pred).astype(np.float64)
     out["accuracy"] = {"value": float(accuracy_score(y_true, y_pred))}
     draws["accuracy"] = _weighted_accuracy(W, correct)
@@ -150,7 +134,7 @@ def classification_scores(
         out["auroc"] = {"value": float(roc_auc_score(y_true, s))}
         draws["auroc"] = _weighted_auroc(W, y_true, s)
     for m, d in draws.items():
-        out[m]["ci"] = _ci(d, level)
+        out[m]["ci"] = percentile_ci(d, level)
     if return_draws:
         out["draws"] = draws
     return out
@@ -173,7 +157,7 @@ def regression_scores(
         ``{"n": n, "r2": {"value", "ci"}, "pearson_r": float}`` (``draws`` on request).
 
     Raises:
-        ValueError: arrays of different lengths.
+        ValueError: arrays of different lengths, ``n_boot < 1`` or ``groups`` of the wrong length.
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
@@ -183,10 +167,10 @@ def regression_scores(
     if n < 2 or np.ptp(y_true) == 0:
         return {"n": int(n), "r2": {"value": None, "reason": "fewer than 2 rows or constant target"},
                 "pearson_r": None}
-    W = group_weights(groups, n, n_boot, seed)
+    W = resample_counts(n, n_boot=n_boot, seed=seed, groups=groups)
     d = _weighted_r2(W, y_true, y_pred)
     r = float(np.corrcoef(y_true, y_pred)[0, 1]) if np.ptp(y_pred) > 0 else 0.0
-    out = {"n": int(n), "r2": {"value": float(r2_score(y_true, y_pred)), "ci": _ci(d, level)}, "pearson_r": r}
+    out = {"n": int(n), "r2": {"value": float(r2_score(y_true, y_pred)), "ci": percentile_ci(d, level)}, "pearson_r": r}
     if return_draws:
         out["draws"] = {"r2": d}
     return out
@@ -197,7 +181,7 @@ def paired_difference(a: Mapping, b: Mapping, metric: str, level: float = 0.95) 
     with the same groups, seed and ``n_boot``).
 
     Returns:
-        ``{"value": float, "ci": [lo, hi]}`` or ``{"value": None, "reason": ...}``.
+        ``{"value": float, "ci": (lo, hi)}`` or ``{"value": None, "reason": ...}``.
     """
     va, vb = a.get(metric, {}).get("value"), b.get(metric, {}).get("value")
     if va is None or vb is None:
@@ -205,17 +189,10 @@ def paired_difference(a: Mapping, b: Mapping, metric: str, level: float = 0.95) 
     da, db = a.get("draws", {}).get(metric), b.get("draws", {}).get(metric)
     out = {"value": float(va - vb)}
     if da is not None and db is not None and len(da) == len(db):
-        out["ci"] = _ci(da - db, level)
+        out["ci"] = percentile_ci(da - db, level)
     return out
 
 
 def strip_draws(scores: dict) -> dict:
     """A copy of a score dict without its bootstrap draws (for JSON)."""
     return {k: v for k, v in scores.items() if k != "draws"}
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` ``[n]`` (resampling items)."""
-    from probes.behaviour.decompose import bootstrap_ci
-
-    return bootstrap_ci(np.asarray(values, dtype=np.float64), n_boot, seed, level)

@@ -44,7 +44,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from probes.probing.metrics import _ci, auroc_parts, group_weights
+from probes.bootstrap import percentile_ci, resample_counts
+from probes.probing.metrics import auroc_parts
 
 SURFACE_BASELINES: tuple[str, ...] = ("type x field", "type x chain length", "prompt tokens", "all surface")
 """The baselines that see only the prompt (see the module docstring)."""
@@ -163,7 +164,7 @@ def within_type_auroc(W: np.ndarray, lab: np.ndarray, score: np.ndarray, types: 
 def _score(point: float, draws: np.ndarray, level: float = LEVEL) -> dict:
     if not np.isfinite(point):
         return {"value": None, "ci": None}
-    return {"value": float(point), "ci": _ci(draws, level)}
+    return {"value": float(point), "ci": percentile_ci(draws, level)}
 
 
 def surface_designs(problems: Sequence, rows_train: np.ndarray) -> dict[str, np.ndarray]:
@@ -263,7 +264,7 @@ def propensity_map(
                    headline={"informative": False, "statement": "not informative: the propensity is a function of "
                              "the problem type alone (no within-type variance)"})
         return out
-    W = np.vstack([np.ones((1, test.size)), group_weights(groups[test], test.size, n_boot, seed)])
+    W = np.vstack([np.ones((1, test.size)), resample_counts(test.size, n_boot=n_boot, seed=seed, groups=groups[test])])
     y_te, t_te = y[test], types[test]
 
     def r2(pred_w: np.ndarray) -> np.ndarray:  # [S, n_test] within-type predictions -> [1 + B, S]
@@ -286,8 +287,8 @@ def propensity_map(
     f = ridge_cv(X.reshape(P * L, n, -1), yw, train, test, folds)
     R = r2(f.pred)  # [1 + B, P*L]
     D = R - base_r2[best][:, None]
-    ci = [_ci(R[1:, s], level) for s in range(P * L)]
-    dci = [_ci(D[1:, s], level) for s in range(P * L)]
+    ci = [percentile_ci(R[1:, s], level) for s in range(P * L)]
+    dci = [percentile_ci(D[1:, s], level) for s in range(P * L)]
     dec = np.array([c is not None and c[0] > 0 for c in dci]).reshape(P, L)
 
     def grid(vals):
@@ -351,7 +352,7 @@ def _samples_auroc(samples, test, groups, types, y, base, probe_w, surface_w, be
         return {"reason": "no parseable samples on the held-out problems"}
     rows, labs = np.array(rows), np.array(labs)
     t = types[test][rows]
-    W = np.vstack([np.ones((1, test.size)), group_weights(groups[test], test.size, n_boot, seed)])[:, rows]
+    W = np.vstack([np.ones((1, test.size)), resample_counts(test.size, n_boot=n_boot, seed=seed, groups=groups[test])])[:, rows]
     scores = {"probe": base[test][rows] + probe_w[rows], "ceiling": y[test][rows],
               "surface": base[test][rows] + surface_w[rows]}
     out = {"n_samples": int(rows.size), "n_forward": int(labs.sum()), "surface_baseline": best,

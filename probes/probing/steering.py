@@ -22,7 +22,6 @@ optionally, the shares of forward, backward and unparseable greedy responses.
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -30,12 +29,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from activations.sites import BLOCK_SITE_RE
 from activations.batch import cut_at_stop, render_prompt, response_token_id, stop_token_ids, tokenize
-from probes.probing.metrics import bootstrap_mean_ci
+from probes.bootstrap import mean_ci
 from probes.task.traces import STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, first_token_strategy, label
 
-_SITE = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_resid_pre)$")
+STEERABLE_HOOKS = ("hook_resid_post", "hook_resid_pre")
+"""The sites steering can add a vector at (names from :mod:`activations.sites`)."""
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -56,10 +57,11 @@ def parse_steering_site(site: str) -> tuple[int, str]:
     Raises:
         ValueError: any other site (the message says which are supported).
     """
-    m = _SITE.match(site)
-    if not m:
+    m = BLOCK_SITE_RE.match(str(site))
+    hook = m.group("hook") if m else None
+    if hook not in STEERABLE_HOOKS or not m.group("layer").isdigit():
         raise ValueError(f"steering supports blocks.{{l}}.hook_resid_post and blocks.{{l}}.hook_resid_pre, got {site!r}")
-    return int(m.group(1)), m.group(2)
+    return int(m.group("layer")), hook
 
 
 class _PromptEndAdder:
@@ -245,8 +247,8 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     finally:
         model.train(was_training)
     for k in range(A):
-        res["p_forward"].append({"mean": float(pf[k].mean()), "ci": list(bootstrap_mean_ci(pf[k], n_boot, seed))})
-        res["logit_diff"].append({"mean": float(ld[k].mean()), "ci": list(bootstrap_mean_ci(ld[k], n_boot, seed))})
+        res["p_forward"].append({"mean": float(pf[k].mean()), "ci": list(mean_ci(pf[k], n_boot=n_boot, seed=seed)["ci"])})
+        res["logit_diff"].append({"mean": float(ld[k].mean()), "ci": list(mean_ci(ld[k], n_boot=n_boot, seed=seed)["ci"])})
     if generate:
         res["generated_alphas"] = gen_alphas
         for j in range(len(gen_k)):
@@ -262,9 +264,9 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     if A >= 2:
         a = np.asarray(alphas) - np.mean(alphas)
         slopes = (a[:, None] * (pf - pf.mean(0, keepdims=True))).sum(0) / (a**2).sum()
-        res["dpf_per_dose"] = {"mean": float(slopes.mean()), "ci": list(bootstrap_mean_ci(slopes, n_boot, seed)),
+        res["dpf_per_dose"] = {"mean": float(slopes.mean()), "ci": list(mean_ci(slopes, n_boot=n_boot, seed=seed)["ci"]),
                                "units": "probability per multiple of mu_F - mu_B (least-squares slope over the doses, "
                                         "per prompt, mean over prompts)"}
-    res["delta_p_forward_ci"] = [list(bootstrap_mean_ci(pf[k] - pf[k0], n_boot, seed)) for k in range(A)]
+    res["delta_p_forward_ci"] = [list(mean_ci(pf[k] - pf[k0], n_boot=n_boot, seed=seed)["ci"]) for k in range(A)]
     res["delta_p_forward"] = [r["mean"] - base_pf for r in res["p_forward"]]
     return res

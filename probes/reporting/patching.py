@@ -26,8 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from probes.reporting.rundir import load, run_dir_from_argv, save_figure  # noqa: E402
 
 DIRECTIONS = (("post_into_pre", "post-RL into pre-RL", "-"), ("pre_into_post", "pre-RL into post-RL", "--"))
-HOOK_COLORS = {"hook_resid_pre": "tab:blue", "hook_attn_out": "tab:orange", "hook_mlp_out": "tab:green",
-               "hook_resid_post": "tab:red"}  # as probes.patching.figures (matplotlib default cycle)
+from probes.patching.figures import HOOK_COLORS  # noqa: E402
 
 
 def _nan(x):

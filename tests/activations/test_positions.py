@@ -20,7 +20,7 @@ def test_specs_parse_from_names_and_index_lists():
 
 @pytest.mark.parametrize("bad", ["end", "prompt-end", "1.5", "1,,2"])
 def test_an_unknown_spec_is_named_with_the_accepted_ones(bad):
-    with pytest.raises(ValueError, match=f"unknown position {bad!r}: use prompt_end, steps, all"):
+    with pytest.raises(ValueError, match=f"unknown position {bad!r}: use prompt_end, prompt, response, steps, all"):
         parse_positions([bad])
 
 
@@ -114,3 +114,19 @@ def test_a_prompt_word_out_of_range_names_the_record(tok, problems):
     batch = encode_batch(tok, [problems[0].prompt], keys=["k0"])
     with pytest.raises(PositionError, match="k0: prompt word 40 is out of range"):
         resolve_positions(parse_positions("words:40"), batch)
+
+
+def test_prompt_and_response_groups_are_the_patching_cells_groups(tok, records):
+    """activations.positions is the one home of position groups: the patching cells resolve
+    ``prompt`` and ``response`` through it, to the same tokens."""
+    from activations.positions import GROUPS
+    from probes.patching.cells import POSITION_GROUPS, resolve_cell_positions
+
+    assert POSITION_GROUPS == GROUPS
+    b = encode_batch(tok, [r["prompt"] for r in records], [r["response"] for r in records], padding_side="left")
+    for group in ("prompt", "response"):
+        idx = resolve_positions(group, b)
+        rows, pos = resolve_cell_positions(group, b)
+        assert (idx.rows.tolist(), idx.positions.tolist()) == (rows, pos) and len(rows) > len(records)
+    n_prompt = [int(e) + 1 for e in b.prompt_end]
+    assert resolve_positions("prompt", b).rows.bincount().tolist() == n_prompt

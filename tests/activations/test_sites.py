@@ -61,3 +61,16 @@ def test_forward_order_follows_the_computation_within_and_across_blocks():
              "blocks.0.attn.hook_z", "blocks.0.hook_resid_pre", "hook_embed"]
     ordered = [s.name for s in in_forward_order(expand_sites(names, 2), 2)]
     assert ordered == list(reversed(names))
+
+
+def test_every_site_of_the_registry_has_a_mapping_in_each_backend_and_in_patching():
+    """activations.sites is the one list of hook names: each backend maps all of them, and the
+    patching config accepts exactly its block hooks (adding a site is one entry plus its mappings)."""
+    import typing
+
+    from activations.backends.nnsight_backend import SITE_EVENTS
+    from activations.sites import BLOCK_HOOKS, GLOBAL_HOOKS
+    from probes.patching.config import Hook
+
+    assert set(SITE_EVENTS) == set(BLOCK_HOOKS) | set(GLOBAL_HOOKS)
+    assert set(typing.get_args(Hook)) == set(BLOCK_HOOKS)

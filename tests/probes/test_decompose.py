@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probes.behaviour.decompose import bootstrap_ci, decompose, summarize
+from probes.behaviour.decompose import decompose, summarize
 
 
 def _rand(n=40, s=2, seed=0):
@@ -57,12 +57,13 @@ def test_shape_mismatch_is_rejected():
         decompose(np.ones((3, 2)), np.ones((3, 2)), np.ones((2, 2)), np.ones((3, 2)))
 
 
-def test_bootstrap_ci_covers_the_mean_and_shrinks_with_n():
-    r = np.random.default_rng(0)
-    small, big = r.normal(1, 1, 50), r.normal(1, 1, 5000)
-    lo, hi = bootstrap_ci(small)
-    assert lo < small.mean() < hi
-    blo, bhi = bootstrap_ci(big)
+def test_summarize_ci_covers_the_mean_and_shrinks_with_n():
+    small, big = summarize(decompose(*_rand(n=50, seed=4))), summarize(decompose(*_rand(n=5000, seed=4)))
+    for t in ("delta", "selection", "improvement", "at_reference.interaction"):
+        node, key = (small, t) if "." not in t else (small[t.split(".")[0]], t.split(".")[1])
+        lo, hi = node[key + "_ci"]
+        assert lo < node[key] < hi
+    (lo, hi), (blo, bhi) = small["delta_ci"], big["delta_ci"]
     assert bhi - blo < (hi - lo) / 5
 
 

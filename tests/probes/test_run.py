@@ -343,7 +343,7 @@ def test_a_pair_of_different_architectures_is_a_one_line_error(tmp_path):
 def test_the_printed_verdict_states_each_term_whether_it_counts_and_every_regression(tmp_path):
     # a recovery near 1 of a behavioural term too small to count must not read as evidence of improvement,
     # and a significant loss is printed whatever the label
-    from probes.run import run_verdict, verdict_lines
+    from probes.results import run_verdict, verdict_lines
     from probes.runfolder import RunFolder
 
     pooled = {"delta": -0.55, "delta_ci": [-0.60, -0.50], "selection": 0.10, "selection_ci": [0.08, 0.12],
@@ -352,7 +352,7 @@ def test_the_printed_verdict_states_each_term_whether_it_counts_and_every_regres
            "improvement": {"value": 0.3, "ci": [0.1, 0.5], "reason": None}}
     v = run_verdict(pooled, {"selection": {"recovery": rec["selection"]}, "improvement": {"recovery": rec["improvement"]},
                              "rule": {"recovery_threshold": 0.5, "min_effect": 0.02}})
-    (tmp_path / "results.json").write_text(json.dumps({"verdict": v}))
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 3, "verdict": v}))
     lines = verdict_lines(RunFolder(tmp_path))
     assert lines[0] == "verdict: selection"
     assert lines[1] == "  REGRESSION: accuracy fell: delta -0.550 [-0.600, -0.500]"
@@ -366,7 +366,7 @@ def test_the_printed_verdict_states_each_term_whether_it_counts_and_every_regres
     small = dict(pooled, improvement=0.001, improvement_ci=[-0.01, 0.012])
     v = run_verdict(small, {"selection": {"recovery": rec["selection"]}, "improvement": {"recovery": rec["improvement"]},
                             "rule": {"recovery_threshold": 0.5, "min_effect": 0.02}})
-    (tmp_path / "results.json").write_text(json.dumps({"verdict": v}))
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 3, "verdict": v}))
     line = [x for x in verdict_lines(RunFolder(tmp_path)) if x.startswith("  improvement:")][0]
     assert line.startswith("  improvement: behavioural +0.001 [-0.010, +0.012], recovery not read (does not count: ")
     assert "+0.300" not in line
@@ -435,7 +435,7 @@ STAGE_NAMES = ("behaviour", "cache", "probes", "patching", "verdict")
     ("patching", ("patching", "verdict")), ("probe_hook", ("cache", "probes", "verdict")),
 ])
 def test_changing_one_input_reruns_exactly_the_stages_that_read_it(change, reruns, tmp_path):
-    from probes.run import stage_hashes
+    from probes.stages import stage_hashes
     from probes.runconfig import RunConfig
 
     pre, post = _tiny(tmp_path / "pre", seed=1), _tiny(tmp_path / "post", seed=2)

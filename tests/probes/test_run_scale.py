@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from probes import checks, stages
 from probes import run as run_cli
+from probes.runfolder import RunFolder
 from probes.runconfig import QUICK, QUICK_AT_SCALE, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +50,7 @@ def test_remote_with_a_key_but_no_service_says_it_cannot_be_reached(tmp_path, ca
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
     monkeypatch.setenv("NDIF_HOST", "http://127.0.0.1:9")
     with pytest.raises(SystemExit):
-        run_cli.check_scope(RunConfig(remote=True))
+        checks.check_scope(RunConfig(remote=True))
     err = capsys.readouterr().err
     assert err.startswith("error: --remote: remote execution on NDIF: the service at http://127.0.0.1:9 cannot be reached")
 
@@ -60,7 +62,7 @@ def test_device_map_reaches_the_config_and_every_stage_load(tiny, tmp_path, monk
 
     def fake_pipeline(cfg, stages, force, prefix=""):
         seen["cfg"], seen["options"] = cfg, load._OPTIONS.get()
-        return run_cli.RunFolder(cfg.folder)
+        return RunFolder(cfg.folder)
 
     monkeypatch.setattr(run_cli, "run_pipeline", fake_pipeline)
     assert run_cli.main(["--pre-rl", str(tiny), "--post-rl", str(tiny), "--device-map", "auto",
@@ -80,7 +82,7 @@ def test_an_unknown_device_map_is_refused_by_the_cli_and_the_config():
 
 def test_chat_true_with_a_tokenizer_without_a_template_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
-        run_cli.check_scope(RunConfig(chat=True))  # the organism: trained on plain prompts, no template
+        checks.check_scope(RunConfig(chat=True))  # the organism: trained on plain prompts, no template
     err = capsys.readouterr().err
     assert err.startswith("error: chat: true but the tokenizer of --pre-rl") and "set chat: false" in err
     assert len(err.strip().splitlines()) == 1
@@ -142,9 +144,9 @@ def test_chat_runs_every_stage_on_the_prompt_inside_the_template(tiny, chat_run)
 
 
 def test_expect_dims_names_the_checkpoint_and_the_dimension_that_differs(tiny, capsys):
-    run_cli.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 2, "d_model": 64}))
+    checks.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 2, "d_model": 64}))
     with pytest.raises(SystemExit):
-        run_cli.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 28}))
+        checks.check_dims(RunConfig(pre_rl=str(tiny), post_rl=str(tiny), expect_dims={"n_layers": 28}))
     assert f"error: --pre-rl {tiny} has n_layers 2, the config expects 28" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown dimension"):
         RunConfig(expect_dims={"layers": 28})
@@ -156,8 +158,8 @@ def test_quick_trims_patching_at_1_5b_parameters_only(tiny, tmp_path, capsys):
     big = tmp_path / "qwen-shape"
     qwen2_5_1_5b_config(0, 2, 3).save_pretrained(big)  # the config alone: no weights
     small = RunConfig(**{**QUICK, "pre_rl": str(tiny), "post_rl": str(tiny)})
-    assert run_cli.quick_at_scale(small) == small
-    trimmed = run_cli.quick_at_scale(small.model_copy(update={"pre_rl": str(big)}))
+    assert checks.quick_at_scale(small) == small
+    trimmed = checks.quick_at_scale(small.model_copy(update={"pre_rl": str(big)}))
     assert trimmed.patching == {**QUICK["patching"], **QUICK_AT_SCALE["patching"]}
     assert trimmed.patching["counterfactual_n"] == 0 and trimmed.patching["hooks"] == ["hook_resid_post"]
     assert "--quick at 1.54B parameters" in capsys.readouterr().err
@@ -175,6 +177,6 @@ def test_the_qwen_run_config_states_the_real_shape_and_valid_patching():
 
 
 def test_a_run_with_chat_does_not_reuse_stages_of_a_plain_run():
-    plain, chat = run_cli.stage_hashes(RunConfig()), run_cli.stage_hashes(RunConfig(chat=True))
+    plain, chat = stages.stage_hashes(RunConfig()), stages.stage_hashes(RunConfig(chat=True))
     assert all(plain[s] != chat[s] for s in ("behaviour", "cache", "probes", "patching", "verdict"))
-    assert run_cli.stage_hashes(RunConfig(chat=False)) == plain
+    assert stages.stage_hashes(RunConfig(chat=False)) == plain

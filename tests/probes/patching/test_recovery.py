@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes.patching.bootstrap import mean_ci, resample_counts
 from probes.patching.recovery import per_problem_recovery, recoveries, recovery
 
 RNG = np.random.default_rng(0)
@@ -74,18 +73,6 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
     assert a.ci[0] < a.value < a.ci[1]
     assert a.ci == b.ci and a.ci != c.ci
     assert a.gap_abs_ci[0] <= a.gap_abs <= a.gap_abs_ci[1]
-
-
-def test_cluster_bootstrap_draws_the_rows_of_a_problem_together():
-    groups = ["a", "a", "b", "b", "c", "c"]
-    w = resample_counts(6, n_boot=300, seed=0, groups=groups)
-    assert np.array_equal(w[:, 0], w[:, 1]) and np.array_equal(w[:, 4], w[:, 5])
-    assert np.all(w.sum(1) == 6) and not np.array_equal(w[:, 0], w[:, 2])
-
-
-def test_mean_ci_of_a_constant_is_that_constant():
-    out = mean_ci(np.full(7, 0.25), n_boot=100)
-    assert out["mean"] == 0.25 and out["ci"] == (0.25, 0.25) and out["n"] == 7
 
 
 def test_recovery_rejects_nan_and_mismatched_shapes():

@@ -11,9 +11,9 @@ from probes.probing.metrics import (
     _weighted_balanced_accuracy,
     _weighted_r2,
     classification_scores,
-    group_weights,
     paired_difference,
 )
+from probes.bootstrap import resample_counts
 from probes.probing.splits import LeakError, chain_of, check_disjoint, inner_folds, outer_split
 
 
@@ -66,7 +66,7 @@ def test_weighted_bootstrap_metrics_equal_sklearn_with_sample_weights():
     score = y + rng.normal(0, 1.2, n)
     score[:20] = np.round(score[:20])  # ties
     pred = (score > 0.5).astype(int)
-    W = group_weights(np.arange(n) // 2, n, 5, seed=1)
+    W = resample_counts(n, n_boot=5, seed=1, groups=np.arange(n) // 2)
     for w in W:
         assert _weighted_auroc(w[None], y, score)[0] == pytest.approx(roc_auc_score(y, score, sample_weight=w))
         assert _weighted_balanced_accuracy(w[None], y, (pred == y).astype(float))[0] == pytest.approx(
@@ -76,7 +76,7 @@ def test_weighted_bootstrap_metrics_equal_sklearn_with_sample_weights():
 
 def test_group_bootstrap_gives_every_row_of_a_group_the_same_weight():
     groups = np.array([0, 0, 1, 1, 2, 2, 3])
-    W = group_weights(groups, len(groups), 50, seed=0)
+    W = resample_counts(len(groups), n_boot=50, seed=0, groups=groups)
     assert np.all(W[:, 0] == W[:, 1]) and np.all(W[:, 2] == W[:, 3])
     assert np.all(W.reshape(50, -1)[:, [0, 2, 4, 6]].sum(1) == 4)  # 4 groups drawn per replicate
 
@@ -100,4 +100,4 @@ def test_paired_difference_of_a_score_with_itself_is_exactly_zero():
     y = rng.integers(0, 2, 100)
     a = classification_scores(y, y, None, n_boot=100, return_draws=True)
     d = paired_difference(a, a, "accuracy")
-    assert d["value"] == 0 and d["ci"] == [0.0, 0.0]
+    assert d["value"] == 0 and d["ci"] == (0.0, 0.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from probes.probing.metrics import group_weights
+from probes.bootstrap import resample_counts
 from probes.probing.propensity import (
     _ridge_predict,
     propensity_map,
@@ -150,7 +150,7 @@ def test_samples_auroc_has_the_ceiling_and_bootstrap_weights_follow_chains():
     a = res["samples"]["auroc"]
     assert a["ceiling"]["value"] > 0.7
     assert abs(a["probe"]["value"] - a["ceiling"]["value"]) < 0.08
-    W = group_weights(groups[test], test.size, 5, 0)
+    W = resample_counts(test.size, n_boot=5, seed=0, groups=groups[test])
     for g in np.unique(groups[test]):  # a chain's rows share their multiplicity
         assert (W[:, groups[test] == g] == W[:, groups[test] == g][:, :1]).all()
 
