@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench bench-real-scale venv clean
+.PHONY: run test test-unit test-integration test-acceptance bench bench-real-scale venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the tiers (tests/conftest.py TIERS): `make test` runs all three
+test-unit test-integration test-acceptance: test-%: $(STAMP)
+	$(PY) -m pytest -q -m $* $(PYTEST_ARGS)
 
 # the small-model benchmarks; the 1.5B-shaped one writes a 12 GB pair and runs for about an hour on 2 cores
 bench: $(STAMP)

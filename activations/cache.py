@@ -187,7 +187,7 @@ def cache_activations(
     n_done = sum(hi - lo for c, lo, hi in _chunks(len(records), chunk_size) if c in done)
     names = [s.name for s in site_list]
     tok = ckpt.tokenizer
-    with tqdm(total=len(records), initial=n_done, unit="prompt", desc="caching",
+    with tqdm(total=len(records), initial=n_done, unit="prompt", desc="caching", leave=False,
               disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar, \
             BackgroundWriter(writer) as bg:
         for c, lo, hi in todo:

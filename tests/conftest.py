@@ -12,6 +12,20 @@ from types import SimpleNamespace  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "acceptance")
+"""The test tiers, as TransformerLens has them: each test module declares one with
+``pytestmark = pytest.mark.<tier>``; ``make test`` runs all three, ``make test-unit`` (and
+``-integration``, ``-acceptance``) one."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier (a module without one is a collection error that
+    names it and the fix)."""
+    bad = sorted({(item.nodeid.split("::")[0], tuple(t for t in TIERS if item.get_closest_marker(t)))
+                  for item in items if sum(item.get_closest_marker(t) is not None for t in TIERS) != 1})
+    if bad:
+        raise pytest.UsageError("every test module needs exactly one tier marker (pytestmark = pytest.mark.unit, "
+                                ".integration or .acceptance): " + ", ".join(f"{f} has {list(t) or 'none'}" for f, t in bad))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).parent / "lint-imports"
 
@@ -32,3 +36,21 @@ def test_a_wrong_way_import_breaks_the_contract(tmp_path):
     r = _lint(tmp_path)
     assert r.returncode == 1 and "BROKEN" in r.stdout
     assert "activations.batch -> probes.task.problems" in r.stdout
+
+
+def test_a_test_module_without_a_tier_is_refused(tmp_path):
+    """tests/conftest.py makes the tiers hold: a module with no tier marker is a collection error
+    naming it, and the same module with one runs."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text("def test_x():\n    assert True\n")
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null", "--rootdir", str(tmp_path),
+            str(tmp_path)]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "test_x.py has none" in r.stdout + r.stderr
+    (tmp_path / "test_x.py").write_text("import pytest\n\npytestmark = pytest.mark.unit\n\n\ndef test_x():\n    assert True\n")
+    r = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr

@@ -164,7 +164,7 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviourSetti
     jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(n_forced)]
     results: dict[tuple[str, int], list[str]] = {}
     per_word = tokens_per_word(tok)
-    for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress)):
+    for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress, leave=False)):
         results[(kind, r)] = _gen_grouped(model, tok, problems, greedy=kind == "greedy", prefix=prefix,
                                           settings=settings, seed=settings.seed + 7919 * j, desc=None,
                                           per_word=per_word)

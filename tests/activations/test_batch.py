@@ -8,6 +8,8 @@ from probes.task import make_trace
 from probes.task.tokenizer import build_tokenizer
 from probes.task.traces import step_positions
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tok():

@@ -20,6 +20,8 @@ from activations.store import ActivationStore, StoreMismatchError, align_rows
 from probes.task import NATURAL_STRATEGY, make_trace, sample_problems
 from activations.io import write_jsonl as _write_jsonl
 
+pytestmark = pytest.mark.integration
+
 
 def write_jsonl(path: Path, records) -> Path:
     _write_jsonl(path, records)

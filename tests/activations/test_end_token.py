@@ -7,6 +7,8 @@ import pytest
 from activations.batch import (EndTokenError, check_end_token, cut_at_stop, response_end, stop_token_ids)
 from tests.conftest import qwen_like_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def test_plain_prompts_end_at_the_eos_token():
     from probes.task.tokenizer import build_tokenizer

@@ -14,6 +14,8 @@ from activations.hashing import state_dict_sha256 as weight_hash
 from probes.task import sample_problems
 from probes.task.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_local_directory_loads_in_eval_mode_with_its_dims_and_dtype(tiny_dir):
     ck = load_checkpoint(tiny_dir, dtype="bf16")

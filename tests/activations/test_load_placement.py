@@ -16,6 +16,8 @@ from activations.load import (
     load_options,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def from_pretrained_kwargs(monkeypatch):

@@ -8,6 +8,8 @@ from activations.load import load_checkpoint
 from activations.pair import PairMismatchError, check_pair
 from probes.task.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def test_two_fine_tunes_of_one_architecture_pass(make_tiny_qwen2, tmp_path, ckpt):
     other = load_checkpoint(make_tiny_qwen2(tmp_path / "post", seed=7))

@@ -6,6 +6,8 @@ from activations.batch import PositionError, encode_batch
 from activations.positions import PositionIndex, parse_positions, resolve_positions
 from probes.task.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tok():

@@ -13,6 +13,8 @@ from activations.sites import (
     parse_site,
 )
 
+pytestmark = pytest.mark.unit
+
 DIMS = ModelDims(n_layers=4, d_model=64, n_heads=4, d_head=16, n_kv_heads=2, d_mlp=128, d_vocab=37)
 
 

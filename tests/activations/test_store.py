@@ -18,6 +18,8 @@ from activations.store import (
     align_rows,
 )
 
+pytestmark = pytest.mark.unit
+
 SITES = [{"name": "blocks.0.hook_resid_post", "shape": [8]}, {"name": "blocks.0.attn.hook_z", "shape": [2, 4]}]
 
 

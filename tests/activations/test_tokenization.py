@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from activations.batch import encode_batch, render_prompt, response_separator, tokenize
 
+pytestmark = pytest.mark.unit
+
 STYLES = ("word-level", "bpe-chatml", "bos")
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.acceptance
+
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "analyses" / "notebooks" / "explore.ipynb"
 

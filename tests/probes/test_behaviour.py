@@ -10,6 +10,8 @@ import pytest
 from probes.behaviour.pipeline import held_out_problems, parse_steps
 from probes.behaviour.evaluate import pass_at_k
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

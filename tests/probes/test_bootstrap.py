@@ -13,6 +13,8 @@ from probes.bootstrap import mean_ci, percentile_ci, resample_counts
 from probes.patching.recovery import recovery
 from probes.probing.metrics import classification_scores
 
+pytestmark = pytest.mark.unit
+
 
 def test_counts_are_the_integers_draw_of_index_resampling():
     # replicate b is values[idx[b]] for idx = default_rng(seed).integers(0, n, (n_boot, n))

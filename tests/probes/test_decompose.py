@@ -5,6 +5,8 @@ import pytest
 
 from probes.behaviour.decompose import decompose, summarize
 
+pytestmark = pytest.mark.unit
+
 
 def _rand(n=40, s=2, seed=0):
     r = np.random.default_rng(seed)

@@ -17,6 +17,8 @@ from probes.task.tokenizer import SPECIAL_TOKENS, build_tokenizer, vocabulary
 from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, make_trace
 from probes.task.verify import verify
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 ORGANISM = REPO / "checkpoints" / "organism" / "sft-fb"
 WORDS = [w for w in vocabulary() if w not in SPECIAL_TOKENS]

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.acceptance
+
 
 def _tiny(path, seed):
     from probes.task.tokenizer import build_tokenizer

@@ -15,6 +15,8 @@ from probes import run as run_cli
 from probes.runfolder import RunFolder
 from probes.runconfig import QUICK, QUICK_AT_SCALE, RunConfig
 
+pytestmark = pytest.mark.acceptance
+
 REPO = Path(__file__).resolve().parents[2]
 
 

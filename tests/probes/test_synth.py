@@ -28,6 +28,8 @@ from probes.synth import (
 from probes.task import NATURAL_STRATEGY, make_trace, sample_problems
 from probes.task.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.integration
+
 QWEN_1_5B_PARAMS = 1_543_714_304  # Qwen2.5-1.5B-Instruct's parameter count (tied embeddings)
 
 

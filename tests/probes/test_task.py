@@ -28,6 +28,8 @@ from probes.task.field import SYMBOL_POOL
 from probes.task.problems import INVERSE_OP, apply_op
 from probes.task.tokenizer import build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 FIELDS = (11, 13)
 
 

@@ -10,6 +10,8 @@ from probes.task import Problem, make_trace, sample_problems
 from probes.train.config import load_config
 from probes.train.reward import completion_reward, make_reward_func
 
+pytestmark = pytest.mark.integration
+
 TINY = {"layers": 2, "d_model": 32, "heads": 4, "kv_heads": 2, "d_mlp": 64, "max_positions": 256}
 
 

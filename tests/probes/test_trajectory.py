@@ -13,6 +13,8 @@ import pytest
 from probes.runconfig import QUICK
 from probes.trajectory import find_snapshots, flip_step, flip_with_ci, main, run_trajectory
 
+pytestmark = pytest.mark.acceptance
+
 REPO = Path(__file__).resolve().parents[2]
 SFT = REPO / "checkpoints" / "organism" / "sft-fb"
 RL = REPO / "checkpoints" / "organism" / "rl-fb-hard"

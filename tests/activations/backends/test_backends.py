@@ -13,6 +13,8 @@ from activations.batch import encode_batch
 from activations.positions import PositionIndex, resolve_positions
 from activations.sites import known_site_names
 
+pytestmark = pytest.mark.integration
+
 L = 2
 ALL_SITES = known_site_names(L)
 

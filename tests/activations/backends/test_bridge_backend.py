@@ -7,6 +7,9 @@ from activations.backends.bridge_backend import BridgeBackend
 from activations.batch import encode_batch
 from activations.load import load_checkpoint
 from activations.positions import resolve_positions
+import pytest
+
+pytestmark = pytest.mark.integration
 
 
 def test_the_bridge_wraps_a_copy_and_leaves_the_checkpoint_model_untouched(bridge_backend, ckpt):

@@ -8,6 +8,8 @@ from activations.batch import encode_batch
 from activations.load import Checkpoint, load_checkpoint
 from activations.sites import known_site_names
 
+pytestmark = pytest.mark.integration
+
 
 def test_with_the_default_sdpa_kernel_reads_match_hugging_face_exactly(tiny_dir, records):
     ck = load_checkpoint(tiny_dir)  # transformers' default attention (sdpa)

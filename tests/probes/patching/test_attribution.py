@@ -16,6 +16,8 @@ from probes.patching.sweep import baseline, sweep
 
 from .conftest import N_LAYERS, backend_of
 
+pytestmark = pytest.mark.integration
+
 HOOKS = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out"]
 
 

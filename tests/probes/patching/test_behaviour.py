@@ -10,6 +10,8 @@ from probes.task import make_trace
 
 from .conftest import N_LAYERS
 
+pytestmark = pytest.mark.integration
+
 LAST = f"blocks.{N_LAYERS - 1}.hook_resid_post"
 KW = dict(max_new_tokens=6, batch_size=8)
 

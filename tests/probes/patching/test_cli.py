@@ -13,6 +13,8 @@ from probes.patch import main
 
 from .conftest import N_LAYERS, save, tiny_qwen2, with_new_mlp
 
+pytestmark = pytest.mark.acceptance
+
 SMALL = ["--n-problems", "4", "--steps", "2", "--counterfactual-n", "3", "--behaviour-n", "2",
          "--max-new-tokens", "5", "--n-boot", "50"]
 

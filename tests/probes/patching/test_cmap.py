@@ -10,6 +10,8 @@ from probes.patching.cmap import cmap, cross_model_patching, execution_inputs, r
 
 from .conftest import N_LAYERS
 
+pytestmark = pytest.mark.integration
+
 
 def _values(curve):
     return [r.value for r in curve]

@@ -12,6 +12,8 @@ from probes.task import sample_problems
 
 from .conftest import N_LAYERS
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def maps(base, tok, pair_problems):

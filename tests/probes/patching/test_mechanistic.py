@@ -12,6 +12,8 @@ import torch
 from probes.patching.mechanistic import (earliest_layer, improvement_terms, patched_behaviour, recovery_curves,
                                          selection_terms, term_recoveries)
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[3]
 ORGANISM = REPO / "checkpoints" / "organism" / "sft-fb"
 RNG = np.random.default_rng(0)

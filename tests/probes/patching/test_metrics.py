@@ -10,6 +10,8 @@ from probes.patching.metrics import MetricError, StepLogProb, StrategyLogitDiff,
 from probes.patching.sweep import baseline
 from probes.task import Problem, make_trace
 
+pytestmark = pytest.mark.unit
+
 
 def _hf_logits(model, tok, texts):
     out = []

@@ -18,6 +18,8 @@ from probes.task import make_trace, sample_problems
 
 from .conftest import N_LAYERS, backend_of
 
+pytestmark = pytest.mark.integration
+
 
 def _sweeps(backend, batch, cells, metric, donor):
     looped = sweep(backend, batch, cells, metric, donor, batched=False, desc=None)

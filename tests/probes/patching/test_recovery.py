@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from probes.patching.recovery import per_problem_recovery, recoveries, recovery
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(0)
 REC = RNG.normal(size=12)
 DON = REC + RNG.normal(1.0, 0.3, size=12)

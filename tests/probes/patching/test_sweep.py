@@ -14,6 +14,8 @@ from probes.patching.sweep import SweepError, baseline, cell_patches, repeat_bat
 
 from .conftest import N_LAYERS
 
+pytestmark = pytest.mark.integration
+
 ALL_SITES = ["hook_embed"] + [f"blocks.{l}.{h}" for l in range(N_LAYERS) for h in
                               ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
                                "hook_mlp_out", "hook_resid_post")]

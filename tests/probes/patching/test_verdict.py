@@ -8,6 +8,8 @@ import pytest
 
 from probes.patching.verdict import VerdictRule, decide, regressions
 
+pytestmark = pytest.mark.unit
+
 
 def _beh(sel, imp, width=0.01):
     return {"delta": {"mean": sel + imp, "ci": [sel + imp - 2 * width, sel + imp + 2 * width]},

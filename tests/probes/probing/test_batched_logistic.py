@@ -10,6 +10,8 @@ from sklearn.model_selection import GroupKFold
 from probes.probing.batched_logistic import fit_logistic_cv
 from probes.probing.synthetic import planted_activations
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def planted():

@@ -17,6 +17,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from probes.probing import estimators
 from probes.probing.estimators import DiffMeansProbe, LogisticProbe, RidgeProbe
+import pytest
+
+pytestmark = pytest.mark.unit
 
 ESTIMATORS = [
     LogisticProbe(solver="batched"),

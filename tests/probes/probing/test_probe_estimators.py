@@ -8,6 +8,8 @@ from sklearn.exceptions import NotFittedError
 from probes.probing.estimators import DiffMeansProbe, LogisticProbe, RidgeProbe, SingleClassError
 from probes.probing.synthetic import planted_activations
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def planted():

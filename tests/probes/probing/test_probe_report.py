@@ -14,6 +14,8 @@ from probes.probing.report import probe_report
 from probes.task.problems import MAP_POSITIONS
 from probes.task.traces import NATURAL_STRATEGY
 
+pytestmark = pytest.mark.integration
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,8 @@ from probes.probing.metrics import (
 from probes.bootstrap import resample_counts
 from probes.probing.splits import LeakError, chain_of, check_disjoint, inner_folds, outer_split
 
+pytestmark = pytest.mark.unit
+
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 12), min_size=8, max_size=80), st.integers(0, 10_000))

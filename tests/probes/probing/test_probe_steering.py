@@ -13,6 +13,8 @@ from probes.probing.steering import (
     steering_dose_response,
 )
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def prompts(make_twins):

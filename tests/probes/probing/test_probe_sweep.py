@@ -9,6 +9,8 @@ from probes.probing.sweep import ConfigError, ProbeConfig, probe_layers
 from probes.probing.synthetic import planted_activations
 from probes.probing.targets import build_target, labels_from_rows
 
+pytestmark = pytest.mark.integration
+
 PLANTED = 2
 CFG = ProbeConfig(Cs=(1e-3, 1e-2, 1e-1, 1.0), n_splits=4, n_boot=300, seed=0)
 

@@ -17,6 +17,8 @@ from probes.probing.targets import (
 )
 from probes.task.problems import apply_op
 
+pytestmark = pytest.mark.unit
+
 
 def test_behaviour_rows_give_strategy_type_correct_and_propensity(make_twins, make_behaviour_rows, tmp_path):
     problems = make_twins(20, seed=1, steps=(2, 3))

@@ -19,6 +19,8 @@ from probes.probing.propensity import (
 from probes.probing.splits import chain_of, inner_folds, outer_split
 from probes.task import sample_problems
 
+pytestmark = pytest.mark.unit
+
 POSITIONS = ["word:0", "word:1", "word:-3", "word:-2", "prompt_end"]
 LAYERS = [0, 1, 2]
 
