@@ -13,12 +13,13 @@ venv: $(STAMP)
 
 # CPU torch first (a plain `torch` requirement would pull a multi-GB CUDA build),
 # then the project with its dev extra; a range in pyproject.toml that 2.13.0 satisfies installs nothing more.
+# The installers' output goes to .venv/install.log (shown only when a step fails).
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV): pip, torch 2.13.0 (CPU), the project and its dev extra (log: $(VENV)/install.log)"
+	@( $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet torch==2.13.0 \
+	   && $(PY) -m pip install --quiet -e '.[dev]' ) > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m probes.run $(ARGS)
