@@ -69,12 +69,15 @@ class Patch:
         at: the token coordinates to write, or None to replace the whole activation.
         head: for ``attn.hook_z`` only: write this one head (``values[..., d_head]``) and keep
             the other heads.
+        add: add ``values`` to the activation instead of replacing it (steering: a vector added
+            at some tokens, Turner et al. 2023, arXiv 2308.10248).
     """
 
     site: str | Site
     values: Tensor
     at: PositionIndex | None = None
     head: int | None = None
+    add: bool = False
 
 
 @dataclass
@@ -87,10 +90,13 @@ class RunResult:
             in the model's dtype, detached (unless the run kept gradients), on the model's device.
         logits: ``Float[Tensor, "batch pos vocab"]``, ``Float[Tensor, "n vocab"]`` when gathered,
             or None when not asked for.
+        past_key_values: the pass's key/value cache (a ``transformers`` ``Cache``) when run with
+            ``kv_cache=True``: later tokens decoded from it see the patched values of this pass.
     """
 
     activations: dict[str, Tensor] = field(default_factory=dict)
     logits: Tensor | None = None
+    past_key_values: Any = None
 
 
 @dataclass
@@ -100,20 +106,18 @@ class _Write:
     rows: Tensor | None
     cols: Tensor | None
     head: int | None
+    add: bool = False
 
     def apply(self, old: Tensor) -> Tensor:
-        """A copy of ``old`` (``[batch, pos, *shape]``) with the values written."""
-        if self.rows is None:
-            if self.head is None:
-                return self.values.to(old.dtype)
-            new = old.clone()
-            new[:, :, self.head] = self.values.to(old.dtype)
-            return new
+        """A copy of ``old`` (``[batch, pos, *shape]``) with the values written (or added)."""
+        v = self.values.to(old.dtype)
+        if self.rows is None and self.head is None:
+            return old + v if self.add else v
         new = old.clone()
-        if self.head is None:
-            new[self.rows, self.cols] = self.values.to(old.dtype)
-        else:
-            new[self.rows, self.cols, self.head] = self.values.to(old.dtype)
+        idx = (slice(None), slice(None)) if self.rows is None else (self.rows, self.cols)
+        if self.head is not None:
+            idx = idx + (self.head,)
+        new[idx] = new[idx] + v if self.add else v
         return new
 
 
@@ -125,6 +129,7 @@ class _Plan:
     cols: Tensor | None
     logits_at: PositionIndex | None
     logits: bool
+    kv_cache: bool = False
 
 
 def gather(value: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
@@ -147,6 +152,8 @@ class Backend(ABC):
     """
 
     name: ClassVar[str] = "abstract"
+    supports_kv_cache: ClassVar[bool] = False
+    """Whether :meth:`run` can return the pass's key/value cache (``kv_cache=True``)."""
 
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
@@ -165,6 +172,7 @@ class Backend(ABC):
         patches: Sequence[Patch] = (),
         logits: bool | PositionIndex = False,
         grad: bool = False,
+        kv_cache: bool = False,
     ) -> RunResult:
         """One forward pass of ``batch`` that writes ``patches``, reads ``read`` and returns logits.
 
@@ -178,6 +186,9 @@ class Backend(ABC):
                 (``[n, vocab]``), False for none (the pass may then stop after the last read).
             grad: keep the autograd graph (for gradients with respect to patched values);
                 otherwise the pass runs under ``torch.no_grad()``.
+            kv_cache: also return the pass's key/value cache (:attr:`RunResult.past_key_values`;
+                backends with :attr:`supports_kv_cache` only), so that generation can continue
+                from a patched prefill (:func:`activations.generation.generate_greedy`).
 
         Returns:
             A :class:`RunResult`.
@@ -185,8 +196,12 @@ class Backend(ABC):
         Raises:
             SiteError: an unknown site or a layer out of range.
             PatchError: patch values of the wrong shape, or coordinates outside the batch.
+            NotImplementedError: ``kv_cache`` on a backend without :attr:`supports_kv_cache`.
         """
+        if kv_cache and not self.supports_kv_cache:
+            raise NotImplementedError(f"the {self.name} backend cannot return a key/value cache; use the nnsight backend")
         plan = self._plan(batch, read, at, patches, logits)
+        plan.kv_cache = kv_cache
         if not plan.reads and not plan.logits:
             return RunResult()
         # no_grad rather than inference_mode: results stay ordinary tensors that callers may use
@@ -272,7 +287,7 @@ class Backend(ABC):
                 f"{'d_head' if patch.head is not None else 'site shape ' + str(shape)})"
             )
         return _Write(site=site, values=patch.values.to(self.device), rows=rows, cols=cols,
-                      head=patch.head)
+                      head=patch.head, add=patch.add)
 
 
 def normalize_rms(x: Float[Tensor, "... d_model"], eps: float) -> Float[Tensor, "... d_model"]:

@@ -172,7 +172,7 @@ def _write_mid(w: _Write, key: str, scratch: dict) -> Callable:
     def hook(act: Tensor, hook: Any) -> Tensor:
         resid_pre = scratch[key]
         target = w.values.to(resid_pre.dtype)
-        delta = target - (resid_pre if w.rows is None else resid_pre[w.rows, w.cols])
-        return _Write(w.site, delta, w.rows, w.cols, None).apply(act)
+        delta = target if w.add else target - (resid_pre if w.rows is None else resid_pre[w.rows, w.cols])
+        return _Write(w.site, delta, w.rows, w.cols, None, w.add).apply(act)
 
     return hook

@@ -136,6 +136,7 @@ class NNsightBackend(Backend):
     """
 
     name = "nnsight"
+    supports_kv_cache = True
 
     def __init__(self, checkpoint: Checkpoint):
         super().__init__(checkpoint)
@@ -214,7 +215,7 @@ class NNsightBackend(Backend):
         weight = self._norm_weight
 
         def op(value: Any, out: dict, scratch: dict) -> Any:
-            scaled = _Write(w.site, weight * w.values.to(weight.dtype), w.rows, w.cols, None)
+            scaled = _Write(w.site, weight * w.values.to(weight.dtype), w.rows, w.cols, None, w.add)
             return _replace_first(value, scaled.apply(_first(value)))
 
         return op
@@ -226,14 +227,17 @@ class NNsightBackend(Backend):
         inputs = batch.model_inputs(self.device)
         out: dict[str, Tensor] = {}
         scratch: dict[str, Tensor] = {}
-        stop = not plan.logits
-        with self._envoy.trace(**inputs, use_cache=False) as tracer:
+        stop = not plan.logits and not plan.kv_cache
+        with self._envoy.trace(**inputs, use_cache=plan.kv_cache) as tracer:
             for ev in events:
                 ev.fire(out, scratch)
+            model_out = self._envoy.output.save() if plan.kv_cache else None
             if stop:
                 tracer.stop()
+        # transformers 5 names the cache ``cache``; 4.x ``past_key_values``
+        past = (getattr(model_out, "cache", None) or getattr(model_out, "past_key_values", None)) if plan.kv_cache else None
         logits = out.pop("__logits__", None)
-        return RunResult(activations={s.name: out[s.name] for s in plan.reads}, logits=logits)
+        return RunResult(activations={s.name: out[s.name] for s in plan.reads}, logits=logits, past_key_values=past)
 
 
 def _capture(key: str, transform: Callable[[Tensor], Tensor] | None = None) -> Op:
@@ -289,11 +293,13 @@ def _write_mid(w: _Write, key: str) -> Op:
     def op(value: Any, out: dict, scratch: dict) -> Any:
         resid_pre = scratch[key]
         target = w.values.to(resid_pre.dtype)
-        if w.rows is None:
+        if w.add:  # resid_mid + v: attn_out + v
+            delta = target
+        elif w.rows is None:
             delta = target - resid_pre
         else:
             delta = target - resid_pre[w.rows, w.cols]
-        attn = _Write(w.site, delta, w.rows, w.cols, None)
+        attn = _Write(w.site, delta, w.rows, w.cols, None, w.add)
         return _replace_first(value, attn.apply(_first(value)))
 
     return op

@@ -23,15 +23,12 @@ their recovery (0 = recipient unpatched, 1 = donor) with 0/1 per-problem metrics
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from activations.batch import TokenBatch, cut_at_stop, encode_batch, stop_token_ids
-from activations.positions import PositionIndex
+from activations.batch import TokenBatch
+from activations.generation import generate_greedy
 from probes.bootstrap import mean_ci
 from probes.patching.cells import Cell
 from probes.patching.donor import Donor
@@ -44,25 +41,6 @@ HELD_POSITIONS: tuple[str, ...] = ("prompt", "response", "all")
 """Where a behavioural patch can be held."""
 ZERO_ONE_TOL = 1e-9
 """Gap tolerance for 0/1 per-problem metrics: any problem on which donor and recipient differ is a gap."""
-
-
-def extend_batch(batch: TokenBatch, new_ids: torch.Tensor) -> TokenBatch:
-    """``batch`` with one token appended to every row (left-padded batches only).
-
-    Args:
-        new_ids: ``Int[Tensor, "batch"]`` the token appended to each row.
-
-    Raises:
-        ValueError: a right-padded batch (its rows do not all end at the last column).
-    """
-    if batch.padding_side != "left":
-        raise ValueError("generation extends left-padded batches only (encode with padding_side='left')")
-    ids = torch.cat([batch.input_ids, new_ids.reshape(-1, 1).to(batch.input_ids.dtype)], 1)
-    mask = torch.cat([batch.attention_mask, torch.ones(len(batch), 1, dtype=batch.attention_mask.dtype)], 1)
-    pos = mask.cumsum(-1) - 1
-    pos.masked_fill_(mask == 0, 1)
-    return replace(batch, input_ids=ids, attention_mask=mask, position_ids=pos, lengths=batch.lengths + 1,
-                   has_response=[True] * len(batch))
 
 
 def patched_generate(
@@ -105,51 +83,26 @@ def patched_generate(
         raise ValueError(f"unknown held positions {positions!r}: use one of {list(HELD_POSITIONS)}")
     if sites and donor is None:
         raise ValueError("patched generation with sites needs a donor backend")
-    stops = torch.tensor(stop_token_ids(tokenizer, chat))  # the end SFT taught, and eos
-    eos = int(stops[0])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out: list[str] = []
-    ids_out: list[list[int]] = []
-    starts = range(0, len(prompts), batch_size)
-    bar = tqdm(total=len(prompts) * max_new_tokens, desc=desc, disable=desc is None, leave=False, unit="tok")
-    try:
-        for s in starts:
-            chunk = list(prompts[s:s + batch_size])
-            batch = encode_batch(tokenizer, chunk, padding_side="left", chat=chat)
-            prompt_donor = Donor.read(donor, batch, list(sites)) if sites and positions in ("prompt", "all") else None
-            done = torch.zeros(len(batch), dtype=torch.bool)
-            gen: list[list[int]] = [[] for _ in chunk]
-            for _ in range(max_new_tokens):
-                patches = []
-                if sites:
-                    if positions == "prompt":
-                        patches = cell_patches([Cell(tuple(sites), "prompt")], batch, prompt_donor)
-                    elif batch.has_response[0]:
-                        live = Donor.read(donor, batch, list(sites))
-                        patches = cell_patches([Cell(tuple(sites), positions)], batch, live)
-                    elif positions == "all":
-                        patches = cell_patches([Cell(tuple(sites), "prompt")], batch, prompt_donor)
-                last = torch.full((len(batch),), batch.seq_len - 1, dtype=torch.long)
-                at = PositionIndex(rows=torch.arange(len(batch)), cols=last, positions=batch.lengths - 1,
-                                   labels=["last"] * len(batch))
-                logits = recipient.run(batch, patches=patches, logits=at).logits
-                nxt = logits.float().argmax(-1).cpu()
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                for b in range(len(batch)):
-                    if not done[b]:
-                        gen[b].append(int(nxt[b]))
-                done |= torch.isin(nxt, stops)
-                bar.update(len(batch))
-                if bool(done.all()):
-                    break
-                batch = extend_batch(batch, nxt)
-            out += [tokenizer.decode(cut_at_stop(g, stops.tolist()), skip_special_tokens=True).strip() for g in gen]
-            ids_out += gen
-    finally:
-        bar.close()
-    if return_ids:
-        return ids_out
-    return [" ".join(t.split()) for t in out]
+    held: dict[int, Any] = {}  # the donor's values on each chunk's prompt, read once per chunk
+
+    def step_patches(batch: TokenBatch, start: int) -> list:
+        if not sites:
+            return []
+        if positions in ("prompt", "all") and start not in held:
+            held.clear()
+            held[start] = Donor.read(donor, batch, list(sites))  # the first step's batch is the prompt
+        if positions == "prompt":
+            return cell_patches([Cell(tuple(sites), "prompt")], batch, held[start])
+        if batch.has_response[0]:
+            return cell_patches([Cell(tuple(sites), positions)], batch, Donor.read(donor, batch, list(sites)))
+        if positions == "all":
+            return cell_patches([Cell(tuple(sites), "prompt")], batch, held[start])
+        return []
+
+    out = generate_greedy(recipient, tokenizer, prompts, step_patches, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, chat=chat, desc=desc, return_ids=return_ids,
+                          prompt_only=positions == "prompt")
+    return out if return_ids else [" ".join(t.split()) for t in out]
 
 
 def behaviour_rows(problems: Sequence[Problem], responses: Sequence[str]) -> dict[str, np.ndarray]:

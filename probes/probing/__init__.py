@@ -28,7 +28,7 @@ _EXPORTS = {
     "probe_report": "report", "run_probes": "report",
     "ArrayStore": "source", "ProbeSet": "source", "read_probe_set": "source",
     "chain_of": "splits", "inner_folds": "splits", "outer_split": "splits",
-    "add_at_prompt_end": "steering", "steering_dose_response": "steering",
+    "prompt_end_patch": "steering", "steering_dose_response": "steering",
     "LayerProbes": "sweep", "probe_layers": "sweep",
     "TARGETS": "targets", "Labels": "targets", "Target": "targets", "build_target": "targets",
     "load_labels": "targets",

@@ -91,18 +91,21 @@ def _shared_test_groups(ps: ProbeSet, strategy_targets: list, cfg: ProbeConfig, 
     return np.unique(groups[first])
 
 
-def _load_model(m):
-    """A ``(model, tokenizer)`` from a path, an ``activations.load.Checkpoint`` or a pair."""
+def _load_backend(m):
+    """The backend (nnsight) of a model given as a path, an ``activations.load.Checkpoint``, or a
+    ``(model, tokenizer)`` pair; None for None."""
     if m is None:
         return None
-    if isinstance(m, (str, os.PathLike)):
-        from activations.load import load_checkpoint
+    from activations.backends import make_backend
+    from activations.load import Checkpoint, load_checkpoint
 
+    if isinstance(m, (str, os.PathLike)):
         ck = load_checkpoint(m)
-        return ck.model, ck.tokenizer
-    if hasattr(m, "model") and hasattr(m, "tokenizer"):
-        return m.model, m.tokenizer
-    return m
+    elif hasattr(m, "model") and hasattr(m, "tokenizer"):
+        ck = m
+    else:
+        ck = Checkpoint.from_model(*m)
+    return make_backend("nnsight", ck)
 
 
 def run_probes(
@@ -321,7 +324,8 @@ def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, 
         if hook not in ("hook_resid_post", "hook_resid_pre"):
             out[n] = {"status": "skipped", "reason": f"steering supports residual-stream hooks, not {hook}"}
             continue
-        model, tok = _load_model(models[n])
+        backend = _load_backend(models[n])
+        tok = backend.checkpoint.tokenizer
         ps = sets[n]
         j = ps.layers.index(fit.best_layer)
         seen, problems = set(), []
@@ -332,7 +336,7 @@ def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, 
                 problems.append(labs[n].by_id[k].problem)
         problems = problems[:steer_n]
         budget = max_new_tokens or max_trace_tokens(tok, max(p.steps for p in problems))
-        dose = steering_dose_response(model, tok, [p.prompt for p in problems], ps.site(fit.best_layer),
+        dose = steering_dose_response(backend, [p.prompt for p in problems], ps.site(fit.best_layer),
                                       fit.difference[j], alphas, generate=generate, max_new_tokens=budget,
                                       n_boot=cfg.n_boot, seed=cfg.seed, progress=progress, chat=chat)
         dose["status"] = "ok"

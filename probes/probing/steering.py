@@ -1,16 +1,12 @@
 """The causal check: add a multiple of a probe direction at the end of the prompt, measure the
 strategy the model then chooses (dose-response).
 
-:func:`add_at_prompt_end` is a context manager holding a PyTorch forward hook on one decoder
-layer of a Hugging Face causal LM (``model.model.layers[l]``; Qwen2, Llama and relatives): it
-adds ``vector`` to the residual stream at the last prompt token, at the output of block ``l``
-(``blocks.{l}.hook_resid_post``) or at its input (``blocks.{l}.hook_resid_pre``). With left
-padding the last prompt token is the last column of the prompt batch; the hook adds at column
-``prompt_len - 1`` of every forward that covers it (the prefill of a KV-cached generation, or
-every step of an uncached one), so it is held for the whole greedy generation. The hook is
-removed on exit, also on error (as baukit's ``Trace`` does). (Transformers' own
-``output_hidden_states`` records a block's output through a hook registered before this one, so
-it shows the steered block's output *unsteered*; every later block sees the steered stream.)
+The vector is added through the backend (:class:`activations.backends.Patch` with ``add=True``, the
+one way this project reads and writes a model's insides): to the residual stream at the last prompt
+token, at the output of block ``l`` (``blocks.{l}.hook_resid_post``) or at its input
+(``blocks.{l}.hook_resid_pre``). :func:`steered_first_token` runs one patched forward pass per
+batch; :func:`steered_generate` decodes greedily with the vector added at the prompt end of every
+step (:func:`activations.generation.generate_greedy`), so it is held for the whole generation.
 
 :func:`steering_dose_response` adds ``alpha * v`` for each ``alpha``, with ``v`` the
 difference of the class means ``mu_forward - mu_backward`` at that site (Marks and Tegmark 2023,
@@ -22,7 +18,6 @@ optionally, the shares of forward, backward and unparseable greedy responses.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -30,25 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from activations.sites import BLOCK_SITE_RE
-from activations.batch import cut_at_stop, render_prompt, response_token_id, stop_token_ids, tokenize
+from activations.backends.base import Backend, Patch
+from activations.batch import TokenBatch, encode_batch, response_token_id
+from activations.generation import generate_greedy
+from activations.positions import resolve_positions
 from probes.bootstrap import mean_ci
 from probes.task.traces import STRATEGY_TOKEN
 from probes.task.verify import UNPARSEABLE, first_token_strategy, label
 
 STEERABLE_HOOKS = ("hook_resid_post", "hook_resid_pre")
 """The sites steering can add a vector at (names from :mod:`activations.sites`)."""
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder blocks of a Hugging Face causal LM (``model.model.layers``).
-
-    Raises:
-        AttributeError: the model has no ``model.layers``.
-    """
-    inner = getattr(model, "model", model)
-    if not hasattr(inner, "layers"):
-        raise AttributeError(f"{type(model).__name__} has no model.layers: not a decoder-only HF model")
-    return inner.layers
 
 
 def parse_steering_site(site: str) -> tuple[int, str]:
@@ -64,67 +50,6 @@ def parse_steering_site(site: str) -> tuple[int, str]:
     return int(m.group("layer")), hook
 
 
-class _PromptEndAdder:
-    def __init__(self, vector: torch.Tensor):
-        self.vector = vector
-        self.prompt_len: int | None = None
-        self.calls = 0
-
-    def add(self, h: torch.Tensor) -> torch.Tensor:
-        if self.prompt_len is None or h.shape[1] < self.prompt_len:
-            return h
-        self.calls += 1
-        h = h.clone()
-        h[:, self.prompt_len - 1] += self.vector.to(h.dtype).to(h.device)  # [d] or one row per input [b, d]
-        return h
-
-
-@contextmanager
-def add_at_prompt_end(model, site: str, vector: torch.Tensor | np.ndarray):
-    """Hold a hook that adds ``vector`` ``[d_model]`` at the last prompt token of ``site``.
-
-    Yields an object whose ``vector`` may be replaced between calls (``[d_model]``, or
-    ``[batch, d_model]``: one vector per input of the next call) and whose ``prompt_len`` must be set to the (left-padded) prompt length of the
-    batch before each forward or ``generate`` call (:func:`steered_first_token` and
-    :func:`steered_generate` do it); ``calls`` counts the forwards it changed.
-
-    Raises:
-        ValueError: an unsupported site, or a layer out of range.
-    """
-    layer, hook = parse_steering_site(site)
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"layer {layer} is out of range (the model has {len(layers)} layers)")
-    adder = _PromptEndAdder(torch.as_tensor(np.asarray(vector), dtype=torch.float32))
-    if hook == "hook_resid_post":
-        def fwd(module, args, output):
-            if isinstance(output, tuple):
-                return (adder.add(output[0]),) + tuple(output[1:])
-            return adder.add(output)
-        handle = layers[layer].register_forward_hook(fwd)
-    else:
-        def pre(module, args, kwargs):
-            if args:
-                return (adder.add(args[0]),) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = adder.add(kwargs["hidden_states"])
-            return args, kwargs
-        handle = layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        yield adder
-    finally:
-        handle.remove()
-
-
-def _encode(tokenizer, prompts, device, chat: bool = False):
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        return tokenize(tokenizer, list(prompts), chat, return_tensors="pt", padding=True).to(device)
-    finally:
-        tokenizer.padding_side = old
-
-
 def _vectors(vector, n: int) -> torch.Tensor:
     """``vector`` as a float32 tensor: ``[d]`` (every input) or ``[n, d]`` (one per input).
 
@@ -137,61 +62,75 @@ def _vectors(vector, n: int) -> torch.Tensor:
     return v
 
 
+def prompt_end_patch(backend: Backend, batch: TokenBatch, site: str, vectors: torch.Tensor) -> Patch:
+    """The patch that adds ``vectors`` (``[d_model]``, or ``[len(batch), d_model]``: one per input)
+    at the prompt end of ``site`` in every input of ``batch``.
+
+    Raises:
+        ValueError: an unsupported site, or a layer out of range.
+    """
+    layer, _ = parse_steering_site(site)
+    if not 0 <= layer < backend.dims.n_layers:
+        raise ValueError(f"layer {layer} is out of range (the model has {backend.dims.n_layers} layers)")
+    at = resolve_positions("prompt_end", batch)
+    v = vectors if vectors.ndim == 2 else vectors.expand(len(batch), -1)
+    return Patch(site, v.to(backend.device), at=at, add=True)
+
+
 @torch.no_grad()
-def steered_first_token(model, tokenizer, prompts: Sequence[str], site: str, vector, batch_size: int = 64,
+def steered_first_token(backend: Backend, prompts: Sequence[str], site: str, vector, batch_size: int = 64,
                         chat: bool = False, progress: bool = False):
     """``(p_forward [n], logit_diff [n])`` at the first response token with ``vector`` (``[d]``, or
-    ``[n, d]``: one per prompt) added at the prompt end of ``site`` (probabilities at temperature 1; logit difference in nats).
-    ``prompts`` are model inputs (already rendered in the chat template with ``chat``, which
-    picks the strategy tokens that follow the generation prompt)."""
-    f_id = response_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat)
-    b_id = response_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat)
-    device = next(model.parameters()).device
+    ``[n, d]``: one per prompt) added at the prompt end of ``site`` (probabilities at temperature 1;
+    logit difference in nats). ``prompts`` are task prompts (rendered in the checkpoint's chat
+    template with ``chat``, which also picks the strategy tokens that follow the generation prompt).
+
+    Raises:
+        ValueError: an unsupported site, a layer out of range, or vectors without one row per prompt.
+    """
+    tok = backend.checkpoint.tokenizer
+    f_id = response_token_id(tok, STRATEGY_TOKEN["forward"], chat)
+    b_id = response_token_id(tok, STRATEGY_TOKEN["backward"], chat)
     pf, ld = [], []
     vec = _vectors(vector, len(prompts))
-    with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
-        for s in tqdm(range(0, len(prompts), batch_size), desc="steering", disable=not progress, leave=False):
-            enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
-            adder.vector = vec if vec.ndim == 1 else vec[s:s + batch_size]
-            adder.prompt_len = enc["input_ids"].shape[1]
-            logits = model(**enc).logits[:, -1].float()
-            pf.append(logits.softmax(-1)[:, f_id].cpu().numpy())
-            ld.append((logits[:, f_id] - logits[:, b_id]).cpu().numpy())
+    for s in tqdm(range(0, len(prompts), batch_size), desc="steering", disable=not progress, leave=False):
+        batch = encode_batch(tok, list(prompts[s:s + batch_size]), padding_side="left", chat=chat)
+        v = vec if vec.ndim == 1 else vec[s:s + batch_size]
+        at = resolve_positions("prompt_end", batch)
+        logits = backend.run(batch, patches=[prompt_end_patch(backend, batch, site, v)], logits=at).logits.float()
+        pf.append(logits.softmax(-1)[:, f_id].cpu().numpy())
+        ld.append((logits[:, f_id] - logits[:, b_id]).cpu().numpy())
     return np.concatenate(pf), np.concatenate(ld)
 
 
-@torch.no_grad()
-def steered_generate(model, tokenizer, prompts: Sequence[str], site: str, vector, max_new_tokens: int = 64,
+def steered_generate(backend: Backend, prompts: Sequence[str], site: str, vector, max_new_tokens: int = 64,
                      batch_size: int = 64, chat: bool = False, progress: bool = False) -> list[str]:
-    """Greedy responses with ``vector`` (``[d]``, or ``[n, d]``: one per prompt) added at the prompt end of ``site`` (held during the
-    whole generation; the prompt's cached keys and values carry it). ``prompts`` are model inputs
-    (rendered in the chat template with ``chat``); each response ends at its end token
-    (:func:`activations.batch.stop_token_ids`)."""
-    device = next(model.parameters()).device
-    stops = stop_token_ids(tokenizer, chat)
-    out: list[str] = []
+    """Greedy responses with ``vector`` (``[d]``, or ``[n, d]``: one per prompt) added at the prompt
+    end of ``site`` at every step. Each response ends at its end token
+    (:func:`activations.batch.stop_token_ids`).
+
+    Raises:
+        ValueError: as :func:`steered_first_token`.
+    """
     vec = _vectors(vector, len(prompts))
-    with add_at_prompt_end(model, site, vec[0] if vec.ndim == 1 else vec[:1]) as adder:
-        for s in tqdm(range(0, len(prompts), batch_size), desc="steered generation", disable=not progress,
-                      leave=False):
-            enc = _encode(tokenizer, prompts[s:s + batch_size], device, chat)
-            adder.vector = vec if vec.ndim == 1 else vec[s:s + batch_size]
-            adder.prompt_len = enc["input_ids"].shape[1]
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
-            texts = tokenizer.batch_decode([cut_at_stop(g, stops) for g in gen[:, enc["input_ids"].shape[1]:].tolist()],
-                                           skip_special_tokens=True)
-            out += [t.strip() for t in texts]
-    return out
+
+    def patches(batch: TokenBatch, start: int) -> list[Patch]:
+        v = vec if vec.ndim == 1 else vec[start:start + len(batch)]
+        return [prompt_end_patch(backend, batch, site, v)]
+
+    return generate_greedy(backend, backend.checkpoint.tokenizer, prompts, patches, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, chat=chat, desc="steered generation" if progress else None,
+                           prompt_only=True)  # the vector sits at the prompt end: a KV-cached prefill holds it
 
 
-def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, direction, alphas: Sequence[float],
+def steering_dose_response(backend: Backend, prompts: Sequence[str], site: str, direction, alphas: Sequence[float],
                            *, generate: bool = True, max_new_tokens: int = 64, batch_size: int = 64,
                            n_boot: int = 1000, seed: int = 0, progress: bool = True, chat: bool = False) -> dict:
     """Dose-response of the strategy to ``alpha * direction`` added at the prompt end of ``site``.
 
     Args:
-        model, tokenizer: a Hugging Face causal LM and its tokenizer (``F``/``B`` are tokens).
+        backend: the model, run through its backend (:func:`activations.backends.make_backend`);
+            its tokenizer has the strategy words as tokens.
         prompts: ``n`` task prompts (held-out problems).
         site: ``blocks.{l}.hook_resid_post`` or ``blocks.{l}.hook_resid_pre``.
         direction: ``[d_model]`` the vector added at ``alpha = 1`` (activation units; use the
@@ -215,18 +154,16 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
         ValueError: an unsupported site or a direction of the wrong width.
     """
     direction = np.asarray(direction, dtype=np.float32).reshape(-1)
-    d_model = decoder_layers(model)[0].self_attn.o_proj.out_features if hasattr(decoder_layers(model)[0], "self_attn") else None
-    if d_model is not None and direction.size != d_model:
+    d_model = backend.dims.d_model
+    if direction.size != d_model:
         raise ValueError(f"direction has {direction.size} values for d_model {d_model}")
     alphas = [float(a) for a in alphas]
-    prompts = [render_prompt(tokenizer, p, chat) for p in prompts]
+    prompts = list(prompts)
     res = {"site": site, "direction_norm": float(np.linalg.norm(direction)), "alphas": alphas, "n": len(prompts),
            "p_forward": [], "logit_diff": [], "units": {"alpha": "multiples of the direction (mu_F - mu_B)",
                                                         "logit_diff": "nats", "p_forward": "probability"}}
     if generate:
         res["generated"], res["generated_first_word"] = [], []
-    was_training = model.training
-    model.eval()
     n, A = len(prompts), len(alphas)
     # every (dose, prompt) is one input: the doses run in the same batches, one vector per input
     rows = [p for _ in alphas for p in prompts]
@@ -236,16 +173,13 @@ def steering_dose_response(model, tokenizer, prompts: Sequence[str], site: str, 
     # input, and the first-token P(F) at every dose is the headline
     gen_alphas = sorted({min(alphas), max(alphas)} | ({0.0} if 0.0 in alphas else set()))
     gen_k = [alphas.index(a) for a in gen_alphas]
-    try:
-        pf, ld = steered_first_token(model, tokenizer, rows, site, vecs, big, chat=chat, progress=progress)
-        pf, ld = pf.reshape(A, n), ld.reshape(A, n)
-        texts = []
-        if generate:
-            sel = np.concatenate([np.arange(k * n, (k + 1) * n) for k in gen_k])
-            texts = steered_generate(model, tokenizer, [rows[i] for i in sel], site, vecs[sel], max_new_tokens, big,
-                                     chat=chat, progress=progress)
-    finally:
-        model.train(was_training)
+    pf, ld = steered_first_token(backend, rows, site, vecs, big, chat=chat, progress=progress)
+    pf, ld = pf.reshape(A, n), ld.reshape(A, n)
+    texts = []
+    if generate:
+        sel = np.concatenate([np.arange(k * n, (k + 1) * n) for k in gen_k])
+        texts = steered_generate(backend, [rows[i] for i in sel], site, vecs[sel], max_new_tokens, big,
+                                 chat=chat, progress=progress)
     for k in range(A):
         res["p_forward"].append({"mean": float(pf[k].mean()), "ci": list(mean_ci(pf[k], n_boot=n_boot, seed=seed)["ci"])})
         res["logit_diff"].append({"mean": float(ld[k].mean()), "ci": list(mean_ci(ld[k], n_boot=n_boot, seed=seed)["ci"])})

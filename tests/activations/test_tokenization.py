@@ -90,6 +90,8 @@ def test_every_path_reads_the_same_ids(worlds, seed, style, chat):
 
     from probes.behaviour.generate import first_token_probs, generate
     from probes.patching.metrics import TraceLogProb
+    from activations.backends import make_backend
+    from activations.load import Checkpoint
     from probes.probing.steering import steered_first_token
     from probes.task.traces import make_trace
 
@@ -101,9 +103,9 @@ def test_every_path_reads_the_same_ids(worlds, seed, style, chat):
     assert _first_forward_ids(model, lambda: first_token_probs(model, tok, [p.prompt], chat=chat)) == want
     assert _first_forward_ids(model, lambda: generate(model, tok, [p.prompt], greedy=True, max_new_tokens=2,
                                                       chat=chat)) == want
-    rendered = [render_prompt(tok, p.prompt, chat)]
     site = "blocks.0.hook_resid_post"
-    assert _first_forward_ids(model, lambda: steered_first_token(model, tok, rendered, site, torch.zeros(16),
+    backend = make_backend("nnsight", Checkpoint.from_model(model, tok))
+    assert _first_forward_ids(model, lambda: steered_first_token(backend, [p.prompt], site, torch.zeros(16),
                                                                  chat=chat)) == want
     # the training data as TRL tokenizes it: the prompt alone (SFT's prompt, GRPO's prompt) and with its completion
     trace = make_trace(p, "forward")
