@@ -18,6 +18,25 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def check_task(cfg, explicit_pair: bool = True, grid: bool = False) -> None:
+    """The run's task loads and has every required member (:func:`probes.tasks.load_task`), and a
+    task other than the default comes with its own checkpoints (the shipped organism and the grid are
+    the finite-field task's).
+
+    Raises:
+        SystemExit: (status 2) after a one-line ``error:`` naming the task and what is missing.
+    """
+    from probes.tasks import DEFAULT_TASK, TaskError, load_task
+
+    try:
+        load_task(cfg.task)
+    except TaskError as e:
+        fail(f"error: {e}")
+    if cfg.task != DEFAULT_TASK and (grid or not explicit_pair):
+        fail(f"error: --task {cfg.task}: the shipped organism{' grid' if grid else ''} is trained on the finite-field "
+             "task; give the checkpoints of your task with --pre-rl and --post-rl")
+
+
 def check_scope(cfg) -> None:
     """What must hold before anything is read: NDIF reachable with a key for ``remote`` (within
     ``activations.load.NDIF_TIMEOUT_S`` seconds; no hanging), and with ``chat`` a chat template
@@ -96,15 +115,17 @@ def check_patching_overrides(cfg) -> None:
                f"{first['msg'].removeprefix('Value error, ')}")
 
 
-def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
+def check_checkpoints(pre: str, post: str, chat: bool = False, task: str | None = None) -> None:
     """Both are checkpoint directories of one architecture with one tokenizer (read from their
-    ``config.json`` and tokenizer files; no weights are loaded), and with ``chat`` one chat template.
+    ``config.json`` and tokenizer files; no weights are loaded), with ``chat`` one chat template,
+    and the task's strategy words are one token each (``task``: a ``module:Name`` spec).
 
     Raises:
         SystemExit: (status 2) after a one-line ``error:`` naming the checkpoint or the first mismatch.
     """
     from activations.load import CheckpointError, check_checkpoint_files
     from activations.pair import ARCHITECTURE_FIELDS, PairMismatchError, _config_value, check_tokenizers
+    from probes.tasks import TaskError
 
     for role, p in (("--pre-rl", pre), ("--post-rl", post)):
         if not (Path(p) / "config.json").exists():
@@ -128,8 +149,14 @@ def check_checkpoints(pre: str, post: str, chat: bool = False) -> None:
             if va != vb:
                 raise PairMismatchError(f"config.{key}", f"{va!r} vs {vb!r}", ("pre-RL", "post-RL"))
         check_tokenizers(load_tokenizer(pre), load_tokenizer(post), chat=chat)
+        if task is not None:
+            from probes.tasks import load_task, strategy_ids
+
+            strategy_ids(load_tokenizer(pre), load_task(task), chat)
     except PairMismatchError as e:
         fail(f"error: {e}")
+    except TaskError as e:
+        fail(f"error: --task {task}: {e}")
     except Exception as e:  # noqa: BLE001 - a tokenizer file transformers cannot parse raises anything
         fail(f"error: cannot read the checkpoints' config or tokenizer ({type(e).__name__}): "
                f"{(str(e).splitlines() or [''])[0]}")

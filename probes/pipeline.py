@@ -42,7 +42,19 @@ def manifest(cfg) -> dict:
 
 def run_pipeline(cfg, stages=STAGE_NAMES, force: bool = False, prefix: str = "") -> RunFolder:
     """Run ``stages`` of one pair into ``cfg.folder``, reusing finished ones (their input hash)
-    unless ``force``; prints one line per stage on stderr. Returns the run folder."""
+    unless ``force``; prints one line per stage on stderr, with the run's task
+    (``cfg.task``, :func:`probes.tasks.use_task`) current throughout. Returns the run folder.
+
+    Raises:
+        TaskError: the run's task cannot be loaded.
+    """
+    from probes.tasks import use_task
+
+    with use_task(cfg.task):
+        return _run_stages(cfg, stages, force, prefix)
+
+
+def _run_stages(cfg, stages, force: bool, prefix: str) -> RunFolder:
     import yaml
 
     from activations.io import atomic_write_text

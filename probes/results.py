@@ -34,6 +34,7 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "pre_rl": cfg.pre_rl, "post_rl": cfg.post_rl,
+        "task": task_summary(cfg.task, beh, patch, outs.get("probes") or {}),
         "verdict": verdict,
         "decomposition": decomposition,
         "behaviour": {"pre_rl": beh["models"]["reference"], "post_rl": beh["models"]["model"], "settings": beh["settings"],
@@ -43,6 +44,23 @@ def assemble_results(cfg, run: RunFolder, outs: dict) -> dict:
         "patching": patch,
         "stage_seconds": timings,
     }
+
+
+def task_summary(spec: str, beh: dict, patch: dict, probes: dict) -> dict:
+    """The run's task: its spec and name, which optional members it has, and what the run skipped
+    for want of one (``{"part": "why"}``)."""
+    from probes.tasks import OPTIONAL, current_task, has
+
+    task = current_task()
+    skipped = {f"patching: {k}" if k != "all" else "patching": v for k, v in (patch.get("skipped") or {}).items()}
+    forced = beh.get("forced_accuracy") or {}
+    if forced.get("method") == "sampled" and not has(task, "canonical_response"):
+        skipped["exact forced accuracy"] = forced.get("reason", "the task has no canonical responses")
+    for model, pm in (probes.get("propensity") or {}).items():
+        if pm.get("map_note") and not has(task, "prompt_slots"):
+            skipped["the probes' position x layer map"] = pm["map_note"]
+            break
+    return {"spec": spec, "name": task.name, "has": {m: has(task, m) for m in OPTIONAL}, "skipped": skipped}
 
 
 def run_verdict(pooled: dict, pv: dict) -> dict:
@@ -110,6 +128,12 @@ def verdict_lines(run: RunFolder) -> list[str]:
         where = f"; earliest above the surface: {e['position_name']} layer {e['layer']}" if e else ""
         lines.append(f"  probe ({model}-RL, within-type propensity): "
                      + (h.get("statement") or pm.get("reason", "skipped")).split(":")[0] + where)
+    t = res.get("task") or {}
+    from probes.tasks import DEFAULT_TASK
+
+    if t.get("spec") not in (None, DEFAULT_TASK):
+        lines.append(f"  task: {t.get('name')} ({t['spec']})")
+    lines += [f"  skipped: {part}: {why}" for part, why in (t.get("skipped") or {}).items()]
     secs = {s: (run.stage_info(s) or {}).get("seconds") for s in STAGE_NAMES}
     lines.append("  stage times: " + ", ".join(f"{s} {t:.1f} s" for s, t in secs.items() if t is not None))
     return lines

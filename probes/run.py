@@ -34,7 +34,8 @@ import logging
 import sys
 from pathlib import Path
 
-from probes.checks import check_checkpoints, check_dims, check_patching_overrides, check_scope, fail, quick_at_scale
+from probes.checks import (check_checkpoints, check_dims, check_patching_overrides, check_scope, check_task, fail,
+                           quick_at_scale)
 from probes.pipeline import run_pipeline
 from probes.results import verdict_lines
 from probes.runconfig import DEVICE_MAPS
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grid", nargs="?", const=DEFAULT_GRID_ROOT, metavar="ROOT",
                     help="run every pre-RL/post-RL pair whose RL checkpoint's card names its SFT init, under ROOT "
                          f"(default {DEFAULT_GRID_ROOT}), and add the table across pairs (default --out runs/grid)")
+    ap.add_argument("--task", metavar="MODULE:NAME",
+                    help="the task (probes.tasks; default the finite-field task of the shipped organism, "
+                         "probes.task.adapter:FiniteFieldTask); a task of your own needs --pre-rl and --post-rl")
     ap.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=list(STAGE_NAMES), help="stages to run (default: all)")
     ap.add_argument("--force", action="store_true", help="rerun the chosen stages even if finished")
     ap.add_argument("-v", "--verbose", action="store_true",
@@ -94,7 +98,7 @@ def resolve_config(args: argparse.Namespace):
         fail("error: --grid runs every shipped pair; it takes no --pre-rl/--post-rl")
     if not args.config and bool(args.pre_rl) != bool(args.post_rl):
         fail("error: --pre-rl and --post-rl go together (give both, or neither for the shipped pair)")
-    over = {"pre_rl": args.pre_rl, "post_rl": args.post_rl, "out": args.out, "name": args.name,
+    over = {"pre_rl": args.pre_rl, "post_rl": args.post_rl, "out": args.out, "name": args.name, "task": args.task,
             "device_map": getattr(args, "device_map", None), "remote": getattr(args, "remote", None),
             "chat": getattr(args, "chat", None)}
     base = dict(QUICK, name="quick") if args.quick else {}
@@ -120,12 +124,13 @@ def resolve_config(args: argparse.Namespace):
         fail(f"error: invalid run config field {field}: {msg}")
     except ValueError as e:
         fail(f"error: --config {args.config}: {e}")
+    check_task(cfg, explicit_pair=bool(args.pre_rl) or bool(args.config), grid=bool(args.grid))
     check_scope(cfg)
     if cfg.folder.exists() and not cfg.folder.is_dir():
         fail(f"error: --out {cfg.folder} is a file, not a run folder")
     check_patching_overrides(cfg)
     if not args.grid:
-        check_checkpoints(cfg.pre_rl, cfg.post_rl, chat=cfg.chat)
+        check_checkpoints(cfg.pre_rl, cfg.post_rl, chat=cfg.chat, task=cfg.task)
         check_dims(cfg)
         if args.quick:
             cfg = quick_at_scale(cfg)

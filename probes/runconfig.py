@@ -55,6 +55,9 @@ class RunConfig(BaseModel):
             (steering) and patching all read that input, ``prompt_end`` is the template's last
             token and the response follows it directly. ``python -m probes.run`` checks first
             that both tokenizers have a chat template.
+        task: the task, ``module:Name`` (:func:`probes.tasks.load_task`; default the finite-field task
+            of the shipped organism, :data:`probes.tasks.DEFAULT_TASK`). ``python -m probes.run``
+            loads and checks it first (one ``error:`` line naming a missing member).
         expect_dims: the dimensions both checkpoints must have (keys of
             :class:`activations.dims.ModelDims`: ``n_layers``, ``d_model``, ``n_heads``,
             ``n_kv_heads``, ``d_head``, ``d_mlp``, ``d_vocab``); checked from ``config.json``
@@ -89,6 +92,7 @@ class RunConfig(BaseModel):
     device_map: str | dict[str, Any] | None = None
     remote: bool = False
     chat: bool = False
+    task: str = "probes.task.adapter:FiniteFieldTask"
     expect_dims: dict[str, int] | None = None
 
     @field_validator("device_map")

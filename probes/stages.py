@@ -56,14 +56,15 @@ def run_problems(run: RunFolder) -> list:
     """
     from probes.runfolder import RunFolderError
     from activations.io import LineError, read_jsonl
-    from probes.task.problems import Problem
+    from probes.tasks import current_task
 
+    task = current_task()
     out = []
     for line, rec in read_jsonl(run.path("problems.jsonl")):
         try:
             if isinstance(rec, LineError):
                 raise ValueError(str(rec))
-            out.append(Problem.from_dict(rec))
+            out.append(task.problem_from_dict(rec))
         except (ValueError, KeyError, TypeError) as e:
             raise RunFolderError(f"{run.path('problems.jsonl')} line {line} is not a problem ({e}); rerun the "
                                  "behaviour stage: python -m probes.run ... --stages behaviour --force") from None
@@ -91,10 +92,11 @@ def run_behaviour_stage(cfg: RunConfig, run: RunFolder) -> dict:
 
 def cache_positions(cfg: RunConfig) -> str:
     """What the cache stage stores: ``probe_position`` and the task's prompt slots (the probes'
-    position x layer map, :data:`probes.task.problems.MAP_POSITIONS`)."""
-    from probes.task.problems import MAP_POSITIONS
+    position x layer map; the task's ``prompt_slots`` as ``words:i,...``, none without them)."""
+    from probes.tasks import load_task
 
-    return f"{cfg.probe_position} {MAP_POSITIONS}"
+    slots = getattr(load_task(cfg.task), "prompt_slots", None) or ()
+    return f"{cfg.probe_position} words:" + ",".join(str(i) for _, i in slots) if slots else cfg.probe_position
 
 
 def run_cache_stage(cfg: RunConfig, run: RunFolder) -> dict:
@@ -157,7 +159,7 @@ def run_patching_stage(cfg: RunConfig, run: RunFolder) -> dict:
                            "chat": cfg.chat, "n_problems": PATCHING_PROBLEMS,
                            **cfg.patching})
     res = run_patching(pc, problems)
-    return {"patching": "patching/patching.json", "verdict": res.get("verdict", {}).get("label"),
+    return {"patching": "patching/patching.json", "verdict": (res.get("verdict") or {}).get("label"),
             "problems": res["problems"]["cmap"]}
 
 
@@ -189,7 +191,12 @@ def _runs(cfg: RunConfig) -> dict:
 
 
 def _weights(cfg: RunConfig) -> dict:
-    return {"w": {"pre": checkpoint_id(cfg.pre_rl), "post": checkpoint_id(cfg.post_rl)}}
+    """The checkpoints' identities, and the task when it is not the default (only then, so that the
+    hashes of runs made before tasks were selectable still hold)."""
+    from probes.tasks import DEFAULT_TASK
+
+    task = {"task": cfg.task} if cfg.task != DEFAULT_TASK else {}
+    return {"w": {"pre": checkpoint_id(cfg.pre_rl), "post": checkpoint_id(cfg.post_rl)}, **task}
 
 
 @dataclass(frozen=True)

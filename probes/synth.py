@@ -142,8 +142,10 @@ SHAPES: dict[str, Shape] = {
 """The shapes ``--shape`` accepts."""
 
 
-def synth_tokenizer(vocab_size: int):
-    """The task's word-level tokenizer padded with filler words to ``vocab_size`` ids.
+def synth_tokenizer(vocab_size: int, task: str | None = None):
+    """The task's word-level tokenizer (``task``: a ``module:Name`` spec, default the finite-field
+    task; :func:`probes.tasks.word_tokenizer` of its vocabulary) padded with filler words to
+    ``vocab_size`` ids.
 
     Ids ``0 .. V_task-1`` are the task tokenizer's (so task text encodes to the same ids); the
     next ids are :data:`CHAT_WORDS` (where the vocabulary has room), and the rest are the words
@@ -159,9 +161,9 @@ def synth_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from probes.task.tokenizer import build_tokenizer
+    from probes.tasks import load_task, word_tokenizer
 
-    base = build_tokenizer()
+    base = word_tokenizer(load_task(task).vocabulary())
     n_task = len(base)
     if vocab_size < n_task:
         raise SynthError(f"vocab_size {vocab_size} is smaller than the task vocabulary ({n_task} words)")
@@ -349,7 +351,7 @@ def _clear_weights(out: Path) -> None:
 
 
 def make_synth(shape: str, seed: int, out: str | os.PathLike, dtype: str = "float32",
-               max_shard_gb: float = 2.0) -> dict[str, Any]:
+               max_shard_gb: float = 2.0, task: str | None = None) -> dict[str, Any]:
     """Write a random-init checkpoint of ``shape`` (config, tokenizer, safetensors, ``synth.json``).
 
     Args:
@@ -357,6 +359,7 @@ def make_synth(shape: str, seed: int, out: str | os.PathLike, dtype: str = "floa
         out: the checkpoint directory (created; weights already there are replaced).
         dtype: ``"float32"`` or ``"bfloat16"`` (the stored weights).
         max_shard_gb: the largest safetensors file, in GB (1e9 bytes).
+        task: the task whose words the tokenizer holds (``module:Name``; default the finite-field task).
 
     Returns:
         The card written to ``synth.json``.
@@ -372,7 +375,7 @@ def make_synth(shape: str, seed: int, out: str | os.PathLike, dtype: str = "floa
     torch_dtype = _dtype(dtype)
     max_bytes = _shard_bytes(max_shard_gb)
     vocab = int(SHAPES[shape].overrides.get("vocab_size", 151936))
-    tok = synth_tokenizer(vocab)
+    tok = synth_tokenizer(vocab, task)
     config = qwen2_5_1_5b_config(tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, **SHAPES[shape].overrides)
     config.dtype = torch_dtype
     out = Path(out)
@@ -387,7 +390,7 @@ def make_synth(shape: str, seed: int, out: str | os.PathLike, dtype: str = "floa
     tok.save_pretrained(out)
     card = {"kind": "random-init (not trained)", "shape": shape, "description": SHAPES[shape].description,
             "seed": seed, "dtype": dtype_name(torch_dtype), "n_params": n_params, "vocab_size": vocab,
-            "tokenizer": "task word-level tokenizer padded with <|extra_i|> fillers",
+            "tokenizer": "task word-level tokenizer padded with <|extra_i|> fillers", "task": task,
             "seconds": round(time.perf_counter() - t0, 1), "source": None}
     (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     return card
@@ -469,12 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--perturb-from", metavar="DIR", help="write a perturbed twin of this checkpoint instead")
     ap.add_argument("--perturb-scale", type=float, default=0.01,
                     help="eps: each tensor changes by eps * rms(tensor) * N(0, 1) (default 0.01)")
+    ap.add_argument("--task", metavar="MODULE:NAME", default=None,
+                    help="the task whose words the tokenizer holds (default: the finite-field task)")
     ap.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file in GB (default 2)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from probes.tasks import TaskError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -493,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.shape:
                 raise SynthError("give --shape (one of " + ", ".join(sorted(SHAPES)) + ") or --perturb-from DIR")
-            card = make_synth(args.shape, args.seed, args.out, args.dtype or "float32", args.max_shard_gb)
-    except SynthError as e:
+            card = make_synth(args.shape, args.seed, args.out, args.dtype or "float32", args.max_shard_gb, args.task)
+    except (SynthError, TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"synth shape={card['shape']} params={card['n_params']} dtype={card['dtype']} out={args.out}")

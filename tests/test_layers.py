@@ -20,22 +20,41 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(LINT), "--no-cache"], cwd=root, capture_output=True, text=True)
 
 
+TASK_CONTRACT = "the stages see a task only through probes.tasks"
+
+
 def test_the_layer_contract_holds():
     r = _lint(REPO)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "activations <- probes <- analyses KEPT" in r.stdout
+    assert f"{TASK_CONTRACT} KEPT" in r.stdout
 
 
-def test_a_wrong_way_import_breaks_the_contract(tmp_path):
+@pytest.fixture
+def tree(tmp_path):
     for pkg in ("activations", "probes", "analyses"):
         shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
     shutil.copy2(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     assert _lint(tmp_path).returncode == 0  # the copy is as clean as the tree
-    batch = tmp_path / "activations" / "batch.py"
+    return tmp_path
+
+
+def test_a_wrong_way_import_breaks_the_contract(tree):
+    batch = tree / "activations" / "batch.py"
     batch.write_text(batch.read_text() + "\nfrom probes.task.problems import Problem  # the wrong way\n")
-    r = _lint(tmp_path)
+    r = _lint(tree)
     assert r.returncode == 1 and "BROKEN" in r.stdout
     assert "activations.batch -> probes.task.problems" in r.stdout
+
+
+@pytest.mark.parametrize("module", ["probes/stages.py", "probes/patching/cmap.py", "probes/probing/targets.py"])
+def test_a_stage_that_imports_the_finite_field_task_breaks_the_task_contract(tree, module):
+    """Issue 22: no stage module imports a task's own module; they ask probes.tasks."""
+    path = tree / module
+    path.write_text(path.read_text() + "\nfrom probes.task.traces import make_trace  # past the interface\n")
+    r = _lint(tree)
+    assert r.returncode == 1 and f"{TASK_CONTRACT} BROKEN" in r.stdout
+    assert "activations <- probes <- analyses KEPT" in r.stdout
 
 
 def test_a_test_module_without_a_tier_is_refused(tmp_path):

@@ -24,9 +24,8 @@ from math import comb
 import numpy as np
 
 from probes.behaviour.generate import first_token_probs, generate, max_trace_tokens, tokens_per_word
-from probes.task.problems import Problem
-from probes.task.traces import STRATEGIES, STRATEGY_TOKEN
-from probes.task.verify import UNPARSEABLE, verify
+from probes.tasks import STRATEGIES, UNPARSEABLE, current_task
+from probes.tasks import TaskProblem as Problem
 
 
 @dataclass
@@ -81,8 +80,8 @@ class ProblemBehaviour:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.problem.id, "field": self.problem.field, "type": self.problem.type,
-            "steps": self.problem.steps, "prompt": self.problem.prompt,
+            "id": self.problem.id, "type": self.problem.type, "steps": self.problem.length,
+            "stratum": self.problem.stratum, "prompt": self.problem.prompt, "problem": self.problem.to_dict(),
             "pi": self.pi.tolist(), "logit_diff": self.logit_diff,
             "greedy": self.greedy, "greedy_correct": self.greedy_correct, "greedy_strategy": self.greedy_strategy,
             "samples": self.samples, "sample_correct": self.sample_correct, "sample_strategy": self.sample_strategy,
@@ -117,7 +116,7 @@ def _gen_grouped(model, tok, problems, *, greedy, prefix, settings, seed, desc, 
     out: list[str | None] = [None] * len(problems)
     by_k = defaultdict(list)
     for i, p in enumerate(problems):
-        by_k[p.steps].append(i)
+        by_k[p.length].append(i)
     for k in sorted(by_k):
         idx = by_k[k]
         texts = generate(model, tok, [problems[i].prompt for i in idx], greedy=greedy, prefix=prefix,
@@ -161,7 +160,9 @@ def evaluate_model(model, tok, problems: list[Problem], settings: BehaviourSetti
                if method == "exact" else None)
     jobs = [("greedy", None, 0)]
     jobs += [("sample", None, r) for r in range(settings.n_samples)]
-    jobs += [(f"forced-{s}", STRATEGY_TOKEN[s], r) for s in STRATEGIES for r in range(n_forced)]
+    task = current_task()
+    verify = task.verify
+    jobs += [(f"forced-{s}", task.strategy_words[s], r) for s in STRATEGIES for r in range(n_forced)]
     results: dict[tuple[str, int], list[str]] = {}
     per_word = tokens_per_word(tok)
     for j, (kind, prefix, r) in enumerate(tqdm(jobs, desc="generating", disable=not progress, leave=False)):
@@ -195,7 +196,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def stratum_key(p: Problem) -> str:
-    return f"{p.type}/k{p.steps}/p{p.field}"
+    """The problem's stratum (the task's own, e.g. ``evaluation/k3/p11``)."""
+    return p.stratum
+
+
+def _stratum_order(key: str) -> tuple:
+    """Strata by type, then numerically by the parts that are ``k<int>``, then by name."""
+    parts = key.split("/")
+    return (parts[0], *[int(x[1:]) if x[:1] == "k" and x[1:].isdigit() else 0 for x in parts[1:2]], key)
 
 
 def summarize_behaviour(rows: list[ProblemBehaviour], n_boot: int = 1000, seed: int = 0) -> dict:
@@ -227,11 +235,11 @@ def summarize_behaviour(rows: list[ProblemBehaviour], n_boot: int = 1000, seed: 
     strata = defaultdict(list)
     for i, r in enumerate(rows):
         strata[stratum_key(r.problem)].append(i)
-    for key in sorted(strata, key=lambda s: (s.split("/")[0], int(s.split("/")[1][1:]), s)):
+    for key in sorted(strata, key=_stratum_order):
         idx = strata[key]
         out["accuracy_by_stratum"][key] = {"greedy": float(greedy[idx].mean()), "sampled": float(sampled[idx].mean()),
                                            "n": len(idx)}
-    for t in ("evaluation", "inversion", "all"):
+    for t in (*current_task().types, "all"):
         sel = [r for r in rows if t == "all" or r.problem.type == t]
         if not sel:
             continue

@@ -1,8 +1,9 @@
 """Exact forced-strategy accuracy: the probability of the one correct response, in one forward pass.
 
-On the finite-field task each strategy has exactly one correct response to a problem: the
-canonical trace of :func:`probes.task.traces.make_trace` (the verifier accepts no other text;
-``tests/probes/test_exact.py`` checks this property against :func:`probes.task.verify.verify`).
+On a task with canonical responses (:mod:`probes.tasks`, ``canonical_response``; the finite-field
+task's traces, ``probes.task.traces.make_trace``) each strategy has exactly one correct response to a
+problem (the verifier accepts no other text; ``tests/probes/test_exact.py`` checks this property
+against the finite-field verifier). A task without canonical responses is measured by sampling.
 Sampling at temperature 1 after the forced strategy word is then correct exactly when it writes
 that trace's tokens and then the end token, so the forced-strategy accuracy is
 
@@ -26,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from probes.task.problems import Problem
-from probes.task.traces import STRATEGIES, make_trace
+from probes.tasks import STRATEGIES, current_task, has
+from probes.tasks import TaskProblem as Problem
 
 METHODS: tuple[str, ...] = ("auto", "exact", "sampled")
 """``exact``: the teacher-forced probability; ``sampled``: the share of correct samples;
@@ -58,6 +59,8 @@ def forced_method(requested: str, tokenizer: Any) -> tuple[str, str]:
     """
     if requested not in METHODS:
         raise ValueError(f"unknown forced-accuracy method {requested!r}: use one of {list(METHODS)}")
+    if not has(current_task(), "canonical_response"):
+        return "sampled", "the task has no canonical responses (canonical_response), so forced accuracy is sampled"
     reason = unique_spelling_reason(tokenizer)
     if requested == "exact":
         return "exact", ("requested" if reason is None else f"requested, although {reason}")
@@ -73,7 +76,7 @@ def by_steps(problems: Sequence[Problem]) -> list[list[int]]:
     little padding: every trace of a chain length and strategy has the same number of words)."""
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(problems):
-        groups.setdefault(p.steps, []).append(i)
+        groups.setdefault(p.length, []).append(i)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -100,6 +103,7 @@ def trace_logprobs(backend: Any, tokenizer: Any, problems: Sequence[Problem], *,
     from activations.batch import encode_batch
     from probes.patching.metrics import TraceLogProb
 
+    make_trace = current_task().canonical_response
     out = np.zeros((len(problems), len(strategies)))
     for j, s in enumerate(strategies):
         for idx in by_steps(problems):

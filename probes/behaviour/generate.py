@@ -10,22 +10,21 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from activations.batch import (cut_at_stop, render_prompt, response_separator, response_token_id, stop_token_ids,
-                               tokenize)
+from activations.batch import cut_at_stop, render_prompt, response_separator, stop_token_ids, tokenize
+from probes.tasks import current_task, strategy_ids
 
 
 def max_trace_words(steps: int) -> int:
-    """An upper bound on a correct trace's length in words for a chain of ``steps``."""
-    return 8 * steps + 26
+    """An upper bound on a correct response's length in words for a problem of length ``steps``
+    (the current task's ``max_response_words``, :func:`probes.tasks.current_task`)."""
+    return int(current_task().max_response_words(steps))
 
 
 def tokens_per_word(tokenizer) -> int:
     """The most tokens any task word takes after a space under ``tokenizer`` (1 for the task's
     word-level tokenizer; 1-3 for a byte-level BPE like Qwen's, where ``" li"`` or ``" ans"`` may
     split), the factor that turns a budget in words into one in tokens."""
-    from probes.task.tokenizer import SPECIAL_TOKENS, vocabulary
-
-    words = [w for w in vocabulary() if w not in SPECIAL_TOKENS]
+    words = current_task().vocabulary()
     return max(len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words)
 
 
@@ -120,10 +119,7 @@ def first_token_probs(model, tokenizer, prompts: Sequence[str], batch_size: int 
     import numpy as np
     import torch
 
-    from probes.task.traces import STRATEGY_TOKEN
-
-    f_id = response_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat)
-    b_id = response_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat)
+    f_id, b_id = strategy_ids(tokenizer, current_task(), chat)
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from activations.hashing import sha256_json, weights_sha256 as checkpoint_weights_sha256
+from probes.tasks import current_task
 
 SCHEMA_VERSION = 1
 
@@ -35,32 +36,15 @@ def parse_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def held_out_problems(n: int, seed: int, steps: tuple[int, ...], fields=(11, 13)):
-    """``n`` distinct evaluation problems: stratified round-robin over field x type x steps, from
-    a seed stream separate from every training stream (``eval-SEED``).
+def held_out_problems(n: int, seed: int, steps: tuple[int, ...]):
+    """``n`` distinct held-out problems of lengths ``steps``, stratified by the current task's own
+    strata (:func:`probes.tasks.current_task`, ``sample_problems``; the finite-field task: round-robin
+    over field x type x steps from a seed stream separate from every training stream).
 
     Raises:
-        ValueError: a cell has fewer distinct problems than it is asked for (k = 1 cells hold
-            about 3 x p x p).
+        ValueError: a stratum has fewer distinct problems than it is asked for.
     """
-    import random
-
-    from probes.task.problems import TYPES, random_problem
-
-    rng = random.Random(f"eval-{seed}")
-    cells = [(f, t, k) for k in steps for t in TYPES for f in fields]
-    out, seen = [], set()
-    for i in range(n):
-        for _ in range(1000):  # distinct problems: rows downstream are keyed by problem id
-            p = random_problem(rng, *cells[i % len(cells)])
-            if p.id not in seen:
-                break
-        else:
-            raise ValueError(f"cannot draw {n} distinct problems over {len(cells)} cells of steps {list(steps)}: "
-                             f"cell {cells[i % len(cells)]} is exhausted; ask for fewer problems or longer chains")
-        seen.add(p.id)
-        out.append(p)
-    return out
+    return current_task().sample_problems(n, seed, tuple(steps))
 
 
 def load_model(path: str):
@@ -159,7 +143,7 @@ def run_behaviour(model_dir, reference_dir, problems, settings, n_boot=1000, pro
         types = np.array([p.type for p in problems])
         result["decomposition"] = {
             "pooled": summarize(dec, None, n_boot, settings.seed),
-            "by_type": {t: summarize(dec, types == t, n_boot, settings.seed) for t in ("evaluation", "inversion")},
+            "by_type": {t: summarize(dec, types == t, n_boot, settings.seed) for t in current_task().types},
             "strata": {k: summarize(dec, keys == k, n_boot, settings.seed) for k in sorted(set(keys))},
         }
     return result
@@ -175,14 +159,14 @@ def format_table(result: dict) -> str:
                      f"  implied sum_s pi*a {acc['implied']['mean']:.3f}   pass@k "
                      + " ".join(f"{k}:{v:.3f}" for k, v in s["pass_at_k"].items()))
         lines.append(f"  {'type':<11} {'P(F) T=1':>9} {'P(B) T=1':>9} {'unparse':>8} {'a(F)':>6} {'a(B)':>6}")
-        for t in ("evaluation", "inversion"):
+        for t in current_task().types:
             sh = s["strategy_share"][t]["sampled"]
             fa = s["forced_accuracy"][t]
             lines.append(f"  {t:<11} {sh['forward']:>9.3f} {sh['backward']:>9.3f} {sh['unparseable']:>8.3f}"
                          f" {fa['forward']['mean']:>6.3f} {fa['backward']['mean']:>6.3f}")
         samp = s.get("forced_accuracy_sampled")
         if samp:  # the exact forced accuracy beside the sampled one, within sampling error?
-            for t in ("evaluation", "inversion"):
+            for t in current_task().types:
                 cells = []
                 for st in ("forward", "backward"):
                     e, m = s["forced_accuracy"][t][st], samp[t][st]

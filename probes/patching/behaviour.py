@@ -34,8 +34,8 @@ from probes.patching.cells import Cell
 from probes.patching.donor import Donor
 from probes.patching.recovery import recovery
 from probes.patching.sweep import cell_patches
-from probes.task.problems import Problem
-from probes.task.verify import label, verify
+from probes.tasks import TaskProblem as Problem
+from probes.tasks import current_task
 
 HELD_POSITIONS: tuple[str, ...] = ("prompt", "response", "all")
 """Where a behavioural patch can be held."""
@@ -108,12 +108,13 @@ def patched_generate(
 def behaviour_rows(problems: Sequence[Problem], responses: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-problem 0/1 arrays: ``forward``, ``backward``, ``unparseable`` (the label) and
     ``correct`` (the verifier's verdict)."""
-    labels = [label(r) for r in responses]
+    task = current_task()
+    labels = [task.label(r) for r in responses]
     return {
         "forward": np.array([x == "forward" for x in labels], dtype=np.float64),
         "backward": np.array([x == "backward" for x in labels], dtype=np.float64),
         "unparseable": np.array([x not in ("forward", "backward") for x in labels], dtype=np.float64),
-        "correct": np.array([verify(p, r).correct for p, r in zip(problems, responses)], dtype=np.float64),
+        "correct": np.array([task.verify(p, r).correct for p, r in zip(problems, responses)], dtype=np.float64),
     }
 
 

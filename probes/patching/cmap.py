@@ -41,8 +41,8 @@ from probes.patching.donor import Donor
 from probes.patching.metrics import Metric, StepLogProb, StrategyLogitDiff
 from probes.patching.recovery import DEFAULT_TOL, Recovery, recoveries
 from probes.patching.sweep import DEFAULT_MAX_ROWS, baseline, sweep
-from probes.task.problems import Problem
-from probes.task.traces import STRATEGIES, make_trace
+from probes.tasks import STRATEGIES, current_task
+from probes.tasks import TaskProblem as Problem
 
 DIRECTIONS: tuple[str, ...] = ("post_into_pre", "pre_into_post")
 """Patch directions: ``donor_into_recipient``."""
@@ -131,7 +131,7 @@ def execution_inputs(
     for p in problems:
         for s in strategies:
             prompts.append(p.prompt)
-            responses.append(make_trace(p, s))
+            responses.append(current_task().canonical_response(p, s))
             keys.append(f"{p.id}/{s}")
             groups.append(p.id)
     batch = encode_batch(tokenizer, prompts, responses, keys=keys, chat=chat)

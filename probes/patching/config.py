@@ -26,9 +26,9 @@ class PatchingConfig(BaseModel):
         n_problems: how many of the given problems are patched (a stratified subset,
             :func:`probes.patching.pipeline.stratified_subset`; None: all of them). In
             ``python -m probes.run`` the problems are the run's held-out problems.
-        steps, fields, seed: only when no problems are given (``python -m probes.patch``):
-            ``n_problems`` are drawn with the behaviour stage's sampler
-            (:func:`probes.behaviour.__main__.held_out_problems`); ``seed`` also seeds the bootstrap.
+        steps, seed: only when no problems are given (``python -m probes.patch``): ``n_problems``
+            are drawn with the behaviour stage's sampler (the task's ``sample_problems``,
+            :func:`probes.behaviour.pipeline.held_out_problems`); ``seed`` also seeds the bootstrap.
         hooks: block hooks swept over all layers in the recovery curves.
         routing_positions: prompt positions patched for routing (``prompt``, ``prompt_end``).
         strategies: forced strategies whose traces are patched (the improvement term needs both;
@@ -57,7 +57,6 @@ class PatchingConfig(BaseModel):
     out: str
     n_problems: int | None = Field(None, ge=1)
     steps: list[int] = Field(default_factory=lambda: [3])
-    fields: list[int] = Field(default_factory=lambda: [11, 13])
     seed: int = 0
     hooks: list[Hook] = Field(default_factory=lambda: ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"])
     routing_positions: list[Literal["prompt", "prompt_end"]] = Field(default_factory=lambda: ["prompt", "prompt_end"])
@@ -87,17 +86,6 @@ class PatchingConfig(BaseModel):
     def _steps(cls, v: list[int]) -> list[int]:
         if not v or any(k < 1 for k in v):
             raise ValueError("steps must be a non-empty list of chain lengths >= 1")
-        return v
-
-    @field_validator("fields")
-    @classmethod
-    def _fields(cls, v: list[int]) -> list[int]:
-        from probes.task.field import check_field
-
-        if not v:
-            raise ValueError("fields must name at least one field (11 or 13)")
-        for p in v:
-            check_field(p)
         return v
 
     @field_validator("hooks", "counterfactual_hooks", "routing_positions", "strategies")

@@ -43,7 +43,8 @@ from probes.patching.donor import Donor
 from probes.patching.metrics import StrategyLogitDiff
 from probes.patching.recovery import DEFAULT_TOL, Recovery, recoveries
 from probes.patching.sweep import DEFAULT_MAX_ROWS, baseline, sweep
-from probes.task.problems import Problem
+from probes.tasks import TaskProblem as Problem
+from probes.tasks import current_task
 
 MODES: tuple[str, ...] = ("denoising", "noising")
 
@@ -93,7 +94,7 @@ def _word_of_tokens(tokenizer: Any, prompt: str, chat: bool) -> tuple[list[int],
     """``(ids, word)``: the ids of the rendered prompt and, per token, the index of the task-prompt
     word its first character lies in (None for the chat template's own tokens)."""
     from activations.batch import render_prompt, tokenize
-    from probes.task.traces import word_char_offsets
+    from activations.batch import word_char_offsets
 
     text = render_prompt(tokenizer, prompt, chat)
     base = text.rindex(prompt)
@@ -127,7 +128,7 @@ def pair_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = False)
     kept: list[tuple[Problem, tuple]] = []
     for p in problems:
         ci, cw = _word_of_tokens(tokenizer, p.prompt, chat)
-        ti, tw = _word_of_tokens(tokenizer, p.twin().prompt, chat)
+        ti, tw = _word_of_tokens(tokenizer, current_task().twin(p).prompt, chat)
         reason = SKIP_LENGTH if len(ci) != len(ti) else SKIP_WORDS if cw != tw else None
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -146,7 +147,7 @@ def pair_inputs(tokenizer: Any, problems: Sequence[Problem], chat: bool = False)
     used = [p for p, _ in kept]
     keys = [p.id for p in used]
     clean = encode_batch(tokenizer, [p.prompt for p in used], keys=keys, chat=chat)
-    corrupt = encode_batch(tokenizer, [p.twin().prompt for p in used], keys=[p.twin().id for p in used], chat=chat)
+    corrupt = encode_batch(tokenizer, [current_task().twin(p).prompt for p in used], keys=[current_task().twin(p).id for p in used], chat=chat)
     t = int(clean.lengths[0])
     a = tokenizer.convert_ids_to_tokens(clean.input_ids[0].tolist())
     b = tokenizer.convert_ids_to_tokens(corrupt.input_ids[0].tolist())

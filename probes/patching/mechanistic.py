@@ -48,8 +48,8 @@ from probes.patching.cells import Cell, layer_cells
 from probes.patching.donor import Donor
 from probes.patching.metrics import StrategyProbs, TraceLogProb
 from probes.patching.sweep import baseline, sweep
-from probes.task.problems import Problem
-from probes.task.traces import STRATEGIES, make_trace
+from probes.tasks import STRATEGIES, current_task
+from probes.tasks import TaskProblem as Problem
 
 DIRECTIONS: tuple[str, ...] = ("post_into_pre", "pre_into_post")
 """``donor_into_recipient``: denoising (post-RL activations into the pre-RL model) and noising."""
@@ -307,7 +307,8 @@ def patched_behaviour(
                 batch = encode_batch(tokenizer, [p.prompt for p in ps], keys=keys, chat=chat)
                 metric: Any = probs_metric
             else:
-                metric = TraceLogProb(tokenizer, [p.prompt for p in ps], [make_trace(p, strategy) for p in ps],
+                metric = TraceLogProb(tokenizer, [p.prompt for p in ps],
+                                      [current_task().canonical_response(p, strategy) for p in ps],
                                       chat=chat)
                 batch = encode_batch(tokenizer, metric.prompts, metric.response_texts(), keys=keys, chat=chat)
             plan = metric.plan(batch)

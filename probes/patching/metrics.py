@@ -48,7 +48,8 @@ from torch import Tensor
 from activations.batch import (EndTokenError, PositionError, TokenBatch, model_text, render_prompt, response_end,
                                response_separator, response_token_id, tokenize)
 from activations.positions import PositionIndex
-from probes.task.traces import STRATEGIES, STRATEGY_TOKEN, step_positions, word_char_offsets
+from activations.batch import word_char_offsets
+from probes.tasks import STRATEGIES, current_task, has
 
 METRIC_PARTS: tuple[str, ...] = ("steps", "answer")
 """What :class:`StepLogProb` can score: the step results, the answer, or both."""
@@ -188,8 +189,8 @@ class StrategyLogitDiff(Metric):
         if ids is None:
             if tokenizer is None:
                 raise ValueError("StrategyLogitDiff needs a tokenizer or ids=(id_F, id_B)")
-            ids = (single_token_id(tokenizer, STRATEGY_TOKEN["forward"], chat),
-                   single_token_id(tokenizer, STRATEGY_TOKEN["backward"], chat))
+            words = current_task().strategy_words
+            ids = (single_token_id(tokenizer, words["forward"], chat), single_token_id(tokenizer, words["backward"], chat))
         self.forward_id, self.backward_id = int(ids[0]), int(ids[1])
 
     def plan(self, batch: TokenBatch) -> MetricPlan:
@@ -243,7 +244,7 @@ class StrategyProbs(Metric):
         if ids is None:
             if tokenizer is None:
                 raise ValueError("StrategyProbs needs a tokenizer or ids")
-            ids = [single_token_id(tokenizer, STRATEGY_TOKEN[s], chat) for s in STRATEGIES]
+            ids = [single_token_id(tokenizer, current_task().strategy_words[s], chat) for s in STRATEGIES]
         self.ids = tuple(int(i) for i in ids)
 
     def plan(self, batch: TokenBatch) -> MetricPlan:
@@ -337,7 +338,8 @@ def target_words(response: str, parts: Sequence[str] = METRIC_PARTS) -> list[int
     """Word indices (within ``response.split()``) of the correct tokens :class:`StepLogProb` scores.
 
     ``"steps"``: the result word(s) of each step (``=`` + 1; ``=`` + 2 and + 4 for map steps,
-    whose results are ``m M b B``); ``"answer"``: the last word (the answer after ``ans``).
+    whose results are ``m M b B``; the current task's ``step_positions``, none without them);
+    ``"answer"``: the words after the last ``ans`` (the finite-field task's one numeral).
 
     Raises:
         MetricError: an unknown part, or a response without steps or answer.
@@ -347,16 +349,18 @@ def target_words(response: str, parts: Sequence[str] = METRIC_PARTS) -> list[int
         raise MetricError(f"unknown metric parts {bad or list(parts)}: use a subset of {list(METRIC_PARTS)}")
     words = response.split()
     out: list[int] = []
-    if "steps" in parts:
-        for i in step_positions(response):
+    task = current_task()
+    if "steps" in parts and has(task, "step_positions"):
+        for i in task.step_positions(response):
             if i + 1 < len(words) and words[i + 1] == "m":
                 out += [i + 2, i + 4]
             else:
                 out.append(i + 1)
     if "answer" in parts:
-        if len(words) < 2 or words[-2] != "ans":
+        k = len(words) - 1 - words[::-1].index("ans") if "ans" in words else len(words)
+        if k >= len(words) - 1:
             raise MetricError(f"response {response!r} does not end with 'ans VALUE'")
-        out.append(len(words) - 1)
+        out += list(range(k + 1, len(words)))
     if not out or max(out) >= len(words):
         raise MetricError(f"response {response!r} has no scorable step or answer tokens")
     return sorted(set(out))

@@ -60,8 +60,8 @@ from probes.patching.mechanistic import PatchedBehaviour, earliest_layer, patche
 from probes.patching.metrics import StrategyLogitDiff
 from probes.patching.recovery import recoveries
 from probes.patching.verdict import TERMS, VerdictRule, decide
-from probes.task.problems import Problem
-from probes.task.traces import STRATEGIES
+from probes.tasks import STRATEGIES, current_task, has
+from probes.tasks import TaskProblem as Problem
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def stratified_subset(problems: Sequence[Problem], n: int | None) -> list[Proble
         return list(problems)
     strata: dict[tuple, list[Problem]] = {}
     for p in problems:
-        strata.setdefault((p.field, p.type, p.steps), []).append(p)
+        strata.setdefault(p.stratum, []).append(p)
     queues = list(strata.values())
     chosen: set[str] = set()
     i = 0
@@ -101,9 +101,9 @@ def counterfactual_problems(problems: Sequence[Problem], n: int, steps: int | No
     ``problems``: ``steps`` if given, else the median chain length; both types alternate."""
     if n <= 0 or not problems:
         return []
-    ks = sorted(p.steps for p in problems)
+    ks = sorted(p.length for p in problems)
     k = steps if steps is not None else ks[len(ks) // 2]
-    return stratified_subset([p for p in problems if p.steps == k], n)
+    return stratified_subset([p for p in problems if p.length == k], n)
 
 
 def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None) -> dict[str, Any]:
@@ -114,8 +114,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         problems: the problems to measure (a run's held-out problems); a stratified subset of
             ``cfg.n_problems`` of them is patched (:func:`stratified_subset`). None: draw
             ``cfg.n_problems`` with the behaviour stage's sampler
-            (:func:`probes.behaviour.__main__.held_out_problems`, ``cfg.steps``, ``cfg.fields``,
-            ``cfg.seed``).
+            (:func:`probes.behaviour.pipeline.held_out_problems`, ``cfg.steps``, ``cfg.seed``).
 
     Returns:
         The results dict written to ``patching.json``.
@@ -140,10 +139,22 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     score_layer = cfg.score_layer % n_layers
     hooks = list(cfg.hooks) + ([cfg.score_hook] if cfg.score_hook not in cfg.hooks else [])
     if problems is None:
-        problems = held_out_problems(cfg.n_problems or DEFAULT_CLI_PROBLEMS, cfg.seed, tuple(cfg.steps), tuple(cfg.fields))
+        problems = held_out_problems(cfg.n_problems or DEFAULT_CLI_PROBLEMS, cfg.seed, tuple(cfg.steps))
     problems = stratified_subset(problems, cfg.n_problems)
     figures: list[str] = []
     timings["load"] = time.perf_counter() - t0
+    task = current_task()
+    skipped: dict[str, str] = {}
+    if not has(task, "canonical_response"):
+        skipped["all"] = NO_CANONICAL
+        results = {"schema_version": SCHEMA_VERSION, "settings": cfg.model_dump(), "skipped": skipped,
+                   "problems": {"cmap": [], "counterfactual": []}, "verdict": None, "figures": [],
+                   "timings_s": timings}
+        write_json(out / RESULTS_FILE, results)
+        log.warning("patching skipped: %s", NO_CANONICAL)
+        return results
+    if not has(task, "twin"):
+        skipped["counterfactual"] = NO_TWINS
 
     # 1-2. the mechanistic decomposition, both directions (routing at the prompt, execution on the traces)
     t = time.perf_counter()
@@ -200,8 +211,11 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     t = time.perf_counter()
     counterfactual: dict[str, Any] = {}
     attribution: dict[str, Any] = {}
-    cf_problems = counterfactual_problems(problems, cfg.counterfactual_n, cfg.counterfactual_steps)
+    cf_problems = ([] if "counterfactual" in skipped
+                   else counterfactual_problems(problems, cfg.counterfactual_n, cfg.counterfactual_steps))
     pairs, cf_pairs = None, {"requested": len(cf_problems), "used": 0, "skipped": {}}
+    if "counterfactual" in skipped:
+        cf_pairs["skipped_because"] = skipped["counterfactual"]
     if cf_problems:
         try:
             pairs = pair_inputs(tok, cf_problems, chat=cfg.chat)
@@ -231,7 +245,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     if cfg.behaviour_n > 0:
         bprobs = stratified_subset(problems, cfg.behaviour_n)
         prompts = [p.prompt for p in bprobs]
-        budget = cfg.max_new_tokens or max_trace_words(max(p.steps for p in bprobs)) * tokens_per_word(tok)
+        budget = cfg.max_new_tokens or max_trace_words(max(p.length for p in bprobs)) * tokens_per_word(tok)
         gen_kw = dict(max_new_tokens=budget, batch_size=max(1, cfg.max_rows // 4), chat=cfg.chat)
         own_pre = patched_generate(pre, None, tok, prompts, desc="generate pre-RL", **gen_kw)
         own_post = patched_generate(post, None, tok, prompts, desc="generate post-RL", **gen_kw)
@@ -258,6 +272,7 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
         "models": {"pre": pre_ckpt.describe(), "post": post_ckpt.describe(), "tokenizer_sha256": pre_ckpt.tokenizer_hash},
         "problems": {"cmap": [p.id for p in problems], "counterfactual": [p.id for p in cf_problems]},
         "counterfactual_pairs": cf_pairs,
+        "skipped": skipped,
         "behaviour_terms": beh_terms,
         "mechanistic": mech,
         "per_problem": _per_problem(den, problems),
@@ -273,6 +288,15 @@ def run_patching(cfg: PatchingConfig, problems: Sequence[Problem] | None = None)
     write_json(out / RESULTS_FILE, results)
     log.info("wrote %s: verdict %s", out / RESULTS_FILE, verdict["label"])
     return results
+
+
+NO_CANONICAL = ("the task has no canonical responses (canonical_response): the mechanistic decomposition needs each "
+                "strategy's exact forced accuracy under patching, so no recovery is measured (the verdict's recovery "
+                "scores are undefined)")
+"""Why the patching stage is skipped for a task without ``canonical_response``."""
+NO_TWINS = ("the task has no counterfactual twins (twin): counterfactual and attribution patching need a problem and "
+            "its twin")
+"""Why counterfactual and attribution patching are skipped for a task without ``twin``."""
 
 
 def _mean_rows(x: np.ndarray) -> dict[str, float]:

@@ -135,12 +135,15 @@ def plot_within_type(summaries: Mapping[str, dict], path, metric: str = "balance
     ones)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
-    styles = {"evaluation": "-", "inversion": "--"}
+    from probes.tasks import current_task
+
+    types = current_task().types
+    styles = dict(zip(types, ("-", "--", ":", "-.")))
     for i, (name, s) in enumerate(summaries.items()):
         if s.get("status") != "ok":
             continue
         color = _COLORS.get(name, f"C{i}")
-        for t in ("evaluation", "inversion"):
+        for t in types:
             xs, ys, lo, hi = [], [], [], []
             for r in s["per_layer"]:
                 m = (((r.get("within_type") or {}).get("logistic") or {}).get(t) or {}).get(metric) or {}

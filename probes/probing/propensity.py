@@ -11,7 +11,8 @@ strategy on *this* problem. That is the target here.
   type part is removed with the *training* rows' mean of each type: ``y_w = y - m_type``.
 - **Predictors** (ridge regression of ``y_w``, the strength chosen by grouped CV on the training
   rows, :func:`ridge_cv`): the probe, on the residual stream at one (position, layer); and the
-  surface baselines (:data:`SURFACE_BASELINES`): type x field, type x chain length, the prompt's
+  surface baselines (:func:`surface_designs`): the task's categorical surface features (its
+  ``surface_features``; the finite-field task: type x field and type x chain length), the prompt's
   tokens (bag of words and word-at-position, :class:`~probes.probing.surface.SurfaceFeatures`),
   and all three together.
 - **Score**: within-type R^2 on the held-out chains, ``1 - sum (y - m_type - yhat_w)^2 /
@@ -47,8 +48,9 @@ import torch
 from probes.bootstrap import percentile_ci, resample_counts
 from probes.probing.metrics import auroc_parts
 
-SURFACE_BASELINES: tuple[str, ...] = ("type x field", "type x chain length", "prompt tokens", "all surface")
-"""The baselines that see only the prompt (see the module docstring)."""
+SURFACE_BASELINES: tuple[str, ...] = ("prompt tokens", "all surface")
+"""The baselines that see only the prompt besides the task's own surface features (see the module
+docstring)."""
 REL_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-5, 1, 7))
 """Ridge strengths relative to the mean eigenvalue of each fit's Gram matrix (scale-free, so one
 grid serves a 256-wide organism and a 1536-wide Qwen)."""
@@ -168,21 +170,25 @@ def _score(point: float, draws: np.ndarray, level: float = LEVEL) -> dict:
 
 
 def surface_designs(problems: Sequence, rows_train: np.ndarray) -> dict[str, np.ndarray]:
-    """The surface baselines' ``[n, p]`` design matrices (:data:`SURFACE_BASELINES`), each
-    vocabulary fitted on the training rows (a value unseen there is all zeros)."""
+    """The surface baselines' ``[n, p]`` design matrices, in order: one per categorical surface
+    feature of the current task (``surface_features``, one-hot), ``prompt tokens`` and ``all
+    surface`` (every column), each vocabulary fitted on the training rows (a value unseen there is
+    all zeros)."""
     from sklearn.feature_extraction import DictVectorizer
 
     from probes.probing.surface import prompt_features
+    from probes.tasks import current_task
 
     def onehot(feats: list[dict]) -> np.ndarray:
         v = DictVectorizer(sparse=False).fit([feats[i] for i in rows_train])
         return v.transform(feats)
 
-    tf = onehot([{f"{p.type}|p{p.field}": 1.0} for p in problems])
-    tk = onehot([{f"{p.type}|k{p.steps}": 1.0} for p in problems])
-    tok = onehot([{**prompt_features([p.prompt])[0], f"type={p.type}": 1.0} for p in problems])
-    return {"type x field": tf, "type x chain length": tk, "prompt tokens": tok,
-            "all surface": np.concatenate([tf, tk, tok], axis=1)}
+    task = current_task()
+    per = [task.surface_features(p) for p in problems]
+    out = {name: onehot([{str(f[name]): 1.0} for f in per]) for name in (per[0] if per else {})}
+    out["prompt tokens"] = onehot([{**prompt_features([p.prompt])[0], f"type={p.type}": 1.0} for p in problems])
+    out["all surface"] = np.concatenate(list(out.values()), axis=1)
+    return out
 
 
 def propensity_map(
@@ -210,7 +216,8 @@ def propensity_map(
         X: ``[P, L, n, d]`` activations (positions x layers x problems x d_model), rows aligned
             with ``problems``. positions: ``P`` position labels (``prompt_end``, ``word:i``) in
             prompt order. layers: ``L`` layer indices.
-        problems: ``n`` :class:`~probes.task.problems.Problem` (type, field, steps, prompt).
+        problems: ``n`` task problems (:class:`probes.tasks.TaskProblem`: type, prompt, and the
+            task's surface features).
         y: ``[n]`` the model's ``logit(F) - logit(B)`` (nats; NaN where unknown: such rows are
             dropped from train and test). groups: ``[n]`` chain ids.
         train, test: row indices (disjoint chains). folds: grouped CV folds within ``train``.
@@ -273,14 +280,14 @@ def propensity_map(
     # surface baselines
     designs = surface_designs(problems, train)
     base_r2, base_pred = {}, {}
-    for name in SURFACE_BASELINES:
+    for name in designs:
         f = ridge_cv(designs[name][None], yw, train, test, folds)
         base_pred[name] = f.pred[0]
         base_r2[name] = r2(f.pred)[:, 0]
     out["baselines"] = {"type": {"r2": _score(*_split(r2(np.zeros((1, test.size)))[:, 0]), level)}}
     out["baselines"].update({k: {"r2": _score(*_split(v), level)} for k, v in base_r2.items()})
     finite = {k: v[0] for k, v in base_r2.items() if np.isfinite(v[0])}
-    best = max(finite, key=finite.get) if finite else "type x field"
+    best = max(finite, key=finite.get) if finite else next(iter(designs))
     out["best_surface"] = best
     out["best_surface_chosen_by"] = "highest held-out within-type R^2 (favours the baseline)"
     # the probe at every (position, layer)

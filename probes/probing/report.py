@@ -212,15 +212,20 @@ def run_probes(
     return to_jsonable(result)
 
 
-def _map_positions(store, keys: list[str], hook: str, layers: list[int]) -> tuple[list[str], list[np.ndarray]]:
-    """The position x layer map's positions the store holds (the task's prompt slots, in prompt
-    order, :data:`probes.task.problems.PROMPT_SLOTS`) and their ``[L, n, d]`` activations in the
-    row order of ``keys``; a slot some problem lacks is left out."""
-    from probes.task.problems import PROMPT_SLOTS
+def _prompt_slots() -> tuple:
+    """The current task's ``prompt_slots`` (``((name, word index), ...)``), or ``()``."""
+    from probes.tasks import current_task
 
+    return tuple(getattr(current_task(), "prompt_slots", None) or ())
+
+
+def _map_positions(store, keys: list[str], hook: str, layers: list[int]) -> tuple[list[str], list[np.ndarray]]:
+    """The position x layer map's positions the store holds (the current task's prompt slots, in
+    prompt order, ``prompt_slots``; none when the task has none) and their ``[L, n, d]``
+    activations in the row order of ``keys``; a slot some problem lacks is left out."""
     have = set(store.labels)
     positions, arrays = [], []
-    for _, i in PROMPT_SLOTS:
+    for _, i in _prompt_slots():
         label = f"word:{i}"
         if label not in have or label in positions:
             continue
@@ -238,9 +243,9 @@ def _propensity(opened, sets, labs, hook, test_groups, cfg) -> dict:
     the prompt slots the store holds and ``prompt_end``, every layer, on the shared split."""
     from probes.probing.propensity import propensity_map
     from probes.probing.splits import inner_folds
-    from probes.task.problems import PROMPT_SLOTS
 
-    names = {f"word:{i}": name for name, i in PROMPT_SLOTS}
+    slots = _prompt_slots()
+    names = {f"word:{i}": name for name, i in slots}
     names["prompt_end"] = "prompt end"
     out = {}
     for n, store in opened.items():
@@ -263,9 +268,11 @@ def _propensity(opened, sets, labs, hook, test_groups, cfg) -> dict:
         res = propensity_map(X, positions, ps.layers, problems, y, ps.groups, train, test, folds,
                              samples=[labs[n].by_id[k].samples for k in ps.keys], position_names=names,
                              n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level)
-        if len(positions) == 1:
+        if len(positions) == 1 and not slots:
+            res["map_note"] = "the task names no prompt slots (prompt_slots), so the map has the prompt end only"
+        elif len(positions) == 1:
             res["map_note"] = ("the store holds prompt_end only: the position x layer map needs the prompt slots "
-                               "cached (positions 'prompt_end " + "words:" + ",".join(str(i) for _, i in PROMPT_SLOTS)
+                               "cached (positions 'prompt_end " + "words:" + ",".join(str(i) for _, i in slots)
                                + "'; python -m probes.run caches them)")
         out[n] = res
     return out

@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 
 from activations.sites import BLOCK_SITE_RE
 from activations.backends.base import Backend, Patch
-from activations.batch import TokenBatch, encode_batch, response_token_id
+from activations.batch import TokenBatch, encode_batch
 from activations.generation import generate_greedy
 from activations.positions import resolve_positions
 from probes.bootstrap import mean_ci
-from probes.task.traces import STRATEGY_TOKEN
-from probes.task.verify import UNPARSEABLE, first_token_strategy, label
+from probes.tasks import UNPARSEABLE, current_task, first_word_strategy, strategy_ids
 
 STEERABLE_HOOKS = ("hook_resid_post", "hook_resid_pre")
 """The sites steering can add a vector at (names from :mod:`activations.sites`)."""
@@ -89,8 +88,7 @@ def steered_first_token(backend: Backend, prompts: Sequence[str], site: str, vec
         ValueError: an unsupported site, a layer out of range, or vectors without one row per prompt.
     """
     tok = backend.checkpoint.tokenizer
-    f_id = response_token_id(tok, STRATEGY_TOKEN["forward"], chat)
-    b_id = response_token_id(tok, STRATEGY_TOKEN["backward"], chat)
+    f_id, b_id = strategy_ids(tok, current_task(), chat)
     pf, ld = [], []
     vec = _vectors(vector, len(prompts))
     for s in tqdm(range(0, len(prompts), batch_size), desc="steering", disable=not progress, leave=False):
@@ -185,9 +183,10 @@ def steering_dose_response(backend: Backend, prompts: Sequence[str], site: str, 
         res["logit_diff"].append({"mean": float(ld[k].mean()), "ci": list(mean_ci(ld[k], n_boot=n_boot, seed=seed)["ci"])})
     if generate:
         res["generated_alphas"] = gen_alphas
+        task = current_task()
         for j in range(len(gen_k)):
-            labs = [label(t) for t in texts[j * n:(j + 1) * n]]
-            firsts = [first_token_strategy(t) for t in texts[j * n:(j + 1) * n]]
+            labs = [task.label(t) for t in texts[j * n:(j + 1) * n]]
+            firsts = [first_word_strategy(task, t) for t in texts[j * n:(j + 1) * n]]
             res["generated"].append({s: labs.count(s) / len(labs) for s in ("forward", "backward", UNPARSEABLE)})
             res["generated_first_word"].append(
                 {s: firsts.count(s) / len(firsts) for s in ("forward", "backward", UNPARSEABLE)})

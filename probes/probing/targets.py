@@ -32,8 +32,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from probes.task.problems import Problem, parse_prompt
-from probes.task.traces import NATURAL_STRATEGY, make_trace, step_positions
+from probes.tasks import TaskProblem as Problem
+from probes.tasks import current_task, has
+from probes.tasks import surface_identity as _surface_identity
 
 TARGETS: tuple[str, ...] = ("strategy", "propensity", "type", "correct", "step_value")
 """Probe targets (see the module docstring)."""
@@ -100,9 +101,15 @@ def labels_from_rows(rows: Iterable[Mapping], trace_strategy: str = "natural", w
         LabelsError: a row without a problem, or whose ``id`` disagrees with its prompt.
     """
     out = Labels(trace_strategy=trace_strategy)
+    task = current_task()
     for i, r in enumerate(rows):
         try:
-            p = parse_prompt(r["prompt"]) if "prompt" in r else Problem.from_dict(r)
+            if "problem" in r:  # behaviour rows carry their problem (probes.behaviour.evaluate)
+                p = task.problem_from_dict(r["problem"])
+            elif "prompt" in r and has(task, "parse_prompt"):
+                p = task.parse_prompt(r["prompt"])
+            else:
+                p = task.problem_from_dict(r)
         except (KeyError, ValueError) as e:
             raise LabelsError(f"{where} {i + 1}: no problem in the row ({e})") from None
         if "id" in r and r["id"] != p.id:
@@ -137,12 +144,11 @@ def load_labels(path: str | Path, trace_strategy: str = "natural") -> Labels:
     return labels_from_rows(rows, trace_strategy, where=str(path) + " line")
 
 
-def step_values(problem: Problem, strategy: str) -> list[int]:
+def step_values(problem: Problem, strategy: str) -> list[int] | None:
     """The value each step of ``strategy``'s trace on ``problem`` computes, in step order (the
-    first numeral after each step's ``=``; see the module docstring)."""
-    words = make_trace(problem, strategy).split()
-    return [problem.F.val(words[i + 1] if words[i + 1] not in ("m",) else words[i + 2])
-            for i in step_positions(" ".join(words))]
+    current task's ``step_values``; see the module docstring), or None when the task has none."""
+    task = current_task()
+    return task.step_values(problem, strategy) if has(task, "step_values") else None
 
 
 @dataclass
@@ -189,6 +195,11 @@ def build_target(name: str, keys: Sequence[str], positions: Sequence[str], label
         raise ValueError(f"unknown target {name!r}: use one of {list(TARGETS)}")
     n = len(keys)
     y = np.full(n, np.nan)
+    task = current_task()
+    if name == "step_value" and not (has(task, "step_values") and (has(task, "natural_strategy")
+                                                                   or labels.trace_strategy != "natural")):
+        return Target(name, "multiclass", np.full(n, -1, dtype=np.int64), np.zeros(n, bool), [],
+                      skipped="the task has no step_values (and natural_strategy)")
     for i, (k, pos) in enumerate(zip(keys, positions)):
         lab = labels.by_id.get(k)
         if lab is None:
@@ -197,10 +208,10 @@ def build_target(name: str, keys: Sequence[str], positions: Sequence[str], label
             if not str(pos).startswith("step:"):
                 continue
             j = int(str(pos).split(":")[1])
-            strat = (NATURAL_STRATEGY[lab.problem.type] if labels.trace_strategy == "natural"
+            strat = (task.natural_strategy[lab.problem.type] if labels.trace_strategy == "natural"
                      else labels.trace_strategy)
             vals = step_values(lab.problem, strat)
-            if j < len(vals):
+            if vals is not None and j < len(vals):
                 y[i] = vals[j]
             continue
         if pos != "prompt_end":
@@ -208,16 +219,16 @@ def build_target(name: str, keys: Sequence[str], positions: Sequence[str], label
         if name == "strategy" and lab.strategy in ("forward", "backward"):
             y[i] = float(lab.strategy == "forward")
         elif name == "type":
-            y[i] = float(lab.problem.type == "inversion")
+            y[i] = float(lab.problem.type == task.types[1])
         elif name == "correct" and lab.correct is not None:
             y[i] = float(lab.correct)
         elif name == "propensity" and lab.logit_diff is not None and np.isfinite(lab.logit_diff):
             y[i] = lab.logit_diff
     valid = np.isfinite(y)
     kind = "continuous" if name == "propensity" else ("multiclass" if name == "step_value" else "binary")
-    classes = CLASS_NAMES.get(name, [])
+    classes = list(task.types[:2]) if name == "type" else CLASS_NAMES.get(name, [])
     if name == "step_value":
-        classes = [str(v) for v in range(13)]
+        classes = [str(v) for v in range(int(np.nanmax(y)) + 1 if valid.any() else 0)]
     t = Target(name, kind, y, valid, classes)
     if not valid.any():
         t.skipped = f"no rows with a {name} label (missing behaviour, or no matching positions)"
@@ -234,8 +245,9 @@ def build_target(name: str, keys: Sequence[str], positions: Sequence[str], label
 
 
 def surface_identity(problem: Problem) -> str:
-    """The chain's surface identity for the control task: field and operation names in order."""
-    return f"p{problem.field}:" + ",".join(op for op, _ in problem.ops)
+    """The problem's surface identity for the control task (the current task's; the finite-field
+    task: the field and the operation names in order, ``p13:add,mul,sub``)."""
+    return _surface_identity(current_task(), problem)
 
 
 def control_labels(keys: Sequence[str], labels: Labels, target: Target, seed: int = 0) -> Target:

@@ -27,21 +27,26 @@ def _rows(path: Path) -> list[dict]:
 
 def strategy_figure(run: Path) -> Path:
     """P(forward) (first-token probability, T = 1) by type and k for both models."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    from probes.tasks import current_task
+
+    task = current_task()
+    fig, axes = plt.subplots(1, len(task.types), figsize=(4.5 * len(task.types), 3.4), sharey=True, squeeze=False)
+    axes = axes[0]
     for role, label, style in (("reference", "pre-RL", "o--"), ("model", "post-RL", "s-")):
         rows = _rows(run / "behaviour" / f"behaviour.{role}.jsonl")
-        for ax, t in zip(axes, ("evaluation", "inversion")):
+        for ax, t in zip(axes, task.types):
             by_k = defaultdict(list)
             for r in rows:
                 if r["type"] == t:
                     by_k[r["steps"]].append(r["pi"][0])
             ks = sorted(by_k)
             ax.plot(ks, [np.mean(by_k[k]) for k in ks], style, label=label)
-            ax.set_title(f"{t} (natural: {'forward' if t == 'evaluation' else 'backward'})")
+            natural = (getattr(task, "natural_strategy", None) or {}).get(t)
+            ax.set_title(f"{t}" + (f" (natural: {natural})" if natural else ""))
             ax.set_xlabel("chain length k (steps)")
     axes[0].set_ylabel("P(forward) at first token")
     axes[0].set_ylim(-0.02, 1.02)
-    axes[1].legend()
+    axes[-1].legend()
     fig.tight_layout()
     return save_figure(fig, run, "behaviour_strategy.png")
 

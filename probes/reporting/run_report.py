@@ -118,7 +118,9 @@ def write_run_report(cfg, run: RunFolder, res: dict):
                 f"{fmt(pooled['improvement'], pooled['improvement_ci'])}\n"
                 f"- forced accuracy: {(res['behaviour'].get('forced_accuracy') or {}).get('method', 'sampled')} "
                 f"({(res['behaviour'].get('forced_accuracy') or {}).get('reason', '')})\n"
-                f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`\n\n"
+                f"- pre-RL: `{cfg.pre_rl}`; post-RL: `{cfg.post_rl}`\n"
+                f"- task: {res['task']['name']} (`{res['task']['spec']}`)"
+                + "".join(f"\n- skipped, {part}: {why}" for part, why in res["task"]["skipped"].items()) + "\n\n"
                 f"The rule: {v.get('rule_text')}.\n\n"
                 "The evidence (analyses.verdict):\n\n" + verdict_table(res)),
         Section("Behaviour", "```\n" + format_table(json.loads((run.root / "behaviour" / "behaviour.json").read_text()))

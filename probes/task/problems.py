@@ -111,6 +111,16 @@ class Problem:
         """The difficulty k: the number of operations."""
         return len(self.ops)
 
+    @property
+    def length(self) -> int:
+        """The chain length (the task interface's name for :attr:`steps`)."""
+        return len(self.ops)
+
+    @property
+    def stratum(self) -> str:
+        """The problem's stratum, ``TYPE/kSTEPS/pFIELD`` (e.g. ``evaluation/k3/p11``)."""
+        return f"{self.type}/k{self.steps}/p{self.field}"
+
     def forward_map(self) -> tuple[int, int]:
         """``(m, b)`` with ``f_k o ... o f_1 (x) = m*x + b``."""
         m, b = 1, 0

@@ -32,31 +32,18 @@ def vocabulary() -> list[str]:
 
 
 def build_tokenizer():
-    """A ``PreTrainedTokenizerFast`` over :func:`vocabulary` (word level, whitespace split).
+    """A ``PreTrainedTokenizerFast`` over :func:`vocabulary` (word level, whitespace split;
+    :func:`probes.tasks.word_tokenizer`).
 
     Returns:
         transformers.PreTrainedTokenizerFast with ``pad``, ``unk``, ``bos``, ``eos`` set and
         ``clean_up_tokenization_spaces=False``. No BOS/EOS is added by ``encode``; training
         appends ``<eos>`` to responses itself.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from probes.tasks import SPECIAL_TOKENS as GENERIC, word_tokenizer
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        clean_up_tokenization_spaces=False,
-    )
-    fast.padding_side = "left"
-    fast.model_max_length = 512
-    return fast
+    assert GENERIC == SPECIAL_TOKENS
+    return word_tokenizer(vocabulary())
 
 
 def save_tokenizer(out_dir: str | Path):
