@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from probes.task.field import SYMBOL_POOL
 from probes.task.problems import Problem, apply_op, compose_affine
 from probes.task.traces import TOKEN_STRATEGY, strategy_ops, uses_map
+from probes.tasks import UNPARSEABLE, Verdict
 
-UNPARSEABLE = "unparseable"
 _SYMBOLS = frozenset(SYMBOL_POOL)
 _STEP_OPS = frozenset({"add", "sub", "mul", "div"})
 
@@ -124,33 +124,6 @@ def first_token_strategy(text: str) -> str:
     """The strategy named by the first word alone (``unparseable`` if it names none)."""
     words = text.split()
     return TOKEN_STRATEGY.get(words[0], UNPARSEABLE) if words else UNPARSEABLE
-
-
-@dataclass
-class Verdict:
-    """The verifier's result for one response.
-
-    Attributes:
-        strategy: ``forward``, ``backward`` or ``unparseable``.
-        parseable: the text follows the grammar of a strategy valid for this problem.
-        steps_correct: per written step (including the two solve steps of a map trace), whether
-            its operation, constant and result are right.
-        answer: the written answer word (None if unparseable).
-        answer_correct: the written answer equals the exact answer.
-        correct: parseable, every step right and the answer right.
-        error: the first problem found, or None.
-    """
-
-    strategy: str
-    parseable: bool
-    steps_correct: list[bool] = field(default_factory=list)
-    answer: str | None = None
-    answer_correct: bool = False
-    correct: bool = False
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def verify(problem: Problem, text: str) -> Verdict:

@@ -26,8 +26,8 @@ Required members (:data:`REQUIRED`) and what they are used for:
   from ``lengths``.
 - ``problem_from_dict(d) -> TaskProblem``: the inverse of ``TaskProblem.to_dict`` (raises
   ``KeyError``/``ValueError`` on a bad record).
-- ``verify(problem, response) -> verdict`` with ``verdict.correct`` (bool) and
-  ``verdict.strategy`` (a strategy or ``"unparseable"``).
+- ``verify(problem, response) -> Verdict`` (:class:`Verdict`; at least ``correct``, a bool, and
+  ``strategy``, a strategy or ``"unparseable"``).
 - ``label(response) -> str``: the strategy a response follows, or ``"unparseable"``.
 - ``vocabulary() -> list[str]``: every word of prompts and responses, special tokens excluded (the
   word-level tokenizer of random tiny checkpoints, :func:`word_tokenizer`, and the generation budget
@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 DEFAULT_TASK = "probes.task.adapter:FiniteFieldTask"
@@ -105,6 +106,32 @@ OPTIONAL: dict[str, str] = {
     "step_values": "the step_value probe target",
 }
 """The optional members, and what each unlocks."""
+
+
+@dataclass
+class Verdict:
+    """A verifier's result for one response (what a task's ``verify`` returns).
+
+    Attributes:
+        strategy: ``forward``, ``backward`` or :data:`UNPARSEABLE`.
+        parseable: the text follows the grammar of a strategy valid for this problem.
+        steps_correct: per written step, whether it is right (the task says what a step is).
+        answer: the written answer (its words; None if unparseable).
+        answer_correct: the written answer equals the exact answer.
+        correct: parseable, every step right and the answer right.
+        error: the first problem found, or None.
+    """
+
+    strategy: str
+    parseable: bool
+    steps_correct: list[bool] = field(default_factory=list)
+    answer: str | None = None
+    answer_correct: bool = False
+    correct: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class TaskError(ValueError):

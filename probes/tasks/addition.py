@@ -64,10 +64,10 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
-from probes.tasks import UNPARSEABLE
+from probes.tasks import UNPARSEABLE, Verdict
 
 TYPES: tuple[str, ...] = ("sum", "missing")
 """The problem types: ``sum`` (find ``a + b``) and ``missing`` (find ``b`` from ``a`` and ``a + b``)."""
@@ -414,33 +414,6 @@ def label(text: str) -> str:
         return parse(text).strategy
     except _ParseError:
         return UNPARSEABLE
-
-
-@dataclass
-class Verdict:
-    """The verifier's result for one response.
-
-    Attributes:
-        strategy: ``forward``, ``backward`` or ``unparseable``.
-        parseable: the text follows the grammar of a strategy valid for this problem (the right
-            number of steps; carry words for ``sum``, borrow words for ``missing``).
-        steps_correct: per step, whether its operands, carry/borrow-in and result are right.
-        answer: the written answer's digit words (None if unparseable).
-        answer_correct: the written answer equals the exact answer.
-        correct: parseable, every step right, the answer the last written result and right.
-        error: the first problem found, or None.
-    """
-
-    strategy: str
-    parseable: bool
-    steps_correct: list[bool] = field(default_factory=list)
-    answer: str | None = None
-    answer_correct: bool = False
-    correct: bool = False
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def verify(problem: AdditionProblem, text: str) -> Verdict:
