@@ -55,6 +55,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from activations.io import write_json
+
 log = logging.getLogger(__name__)
 
 EXTRA_TOKEN = "<|extra_{}|>"
@@ -303,8 +305,7 @@ def write_shards(tensors: Iterator[tuple[str, torch.Tensor]], out: Path, dtype: 
             final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             os.replace(path, out / final)
             weight_map.update({k: final for k in names})
-        (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                 indent=2, sort_keys=True) + "\n")
+        write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
     return n_params
 
 
@@ -392,7 +393,7 @@ def make_synth(shape: str, seed: int, out: str | os.PathLike, dtype: str = "floa
             "seed": seed, "dtype": dtype_name(torch_dtype), "n_params": n_params, "vocab_size": vocab,
             "tokenizer": "task word-level tokenizer padded with <|extra_i|> fillers", "task": task,
             "seconds": round(time.perf_counter() - t0, 1), "source": None}
-    (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_json(out / CARD_FILE, card)
     return card
 
 
@@ -439,7 +440,7 @@ def make_twin(src: str | os.PathLike, seed: int, out: str | os.PathLike, scale: 
             "dtype": dtype_name(torch_dtype), "n_params": n_params, "source": str(src),
             "source_seed": src_card.get("seed"), "perturb_scale": scale, "relative_change": rel,
             "seconds": round(time.perf_counter() - t0, 1)}
-    (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    write_json(out / CARD_FILE, card)
     return card
 
 

@@ -8,6 +8,7 @@ error (exit status 2) instead of a traceback.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -55,8 +56,6 @@ DPI = 110
 def save_png(fig: Any, path: str | Path, dpi: int = DPI) -> Path:
     """The one figure saver: ``fig`` as a PNG at ``path``, written atomically
     (:func:`activations.io.write_bytes_atomic`), and closed. Returns ``path``."""
-    import io
-
     import matplotlib.pyplot as plt
 
     from activations.io import write_bytes_atomic
@@ -72,10 +71,13 @@ def save_figure(fig: Any, run: str | Path, name: str, rows: Sequence[dict] | Non
                 fieldnames: Sequence[str] | None = None) -> Path:
     """Save ``fig`` as ``RUN/figures/NAME`` (:func:`save_png`) and close it; with ``rows``, also the numbers
     it plots as a CSV beside it (same name, ``.csv``, columns ``fieldnames``). Returns the PNG path."""
+    from activations.io import atomic_write_text
+
     out = save_png(fig, figure_path(run, name))
     if rows is not None:
-        with open(out.with_suffix(".csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(fieldnames))
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(fieldnames))
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from activations.io import atomic_write_text
 from probes.reporting.rundir import figure_path, load, run_dir_from_argv
 from probes.grid import best_probe
 from probes.patching.verdict import score_judgement
@@ -58,7 +59,7 @@ def verdict_table(results: dict) -> str:
 def write_verdict_table(run: str | Path) -> Path:
     """``figures/verdict.md`` from ``results.json``; returns its path."""
     out = figure_path(run, "verdict.md")
-    out.write_text(verdict_table(load(run, "results.json")) + "\n")
+    atomic_write_text(out, verdict_table(load(run, "results.json")) + "\n")
     return out
 
 
