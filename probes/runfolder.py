@@ -76,6 +76,22 @@ def read_results(root: str | Path) -> dict:
     return res
 
 
+def task_of(root: str | Path):
+    """The task a run folder was made with: ``task`` of its ``config.yaml`` (the default task when
+    the folder predates the field or has no config), loaded (:func:`probes.tasks.load_task`).
+
+    Raises:
+        TaskError: the task named there cannot be loaded.
+    """
+    import yaml
+
+    from probes.tasks import DEFAULT_TASK, load_task
+
+    cfg = Path(root) / "config.yaml"
+    spec = (yaml.safe_load(cfg.read_text()) or {}).get("task") if cfg.exists() else None
+    return load_task(spec or DEFAULT_TASK)
+
+
 class RunFolder:
     """Paths and stage bookkeeping of one run folder."""
 

@@ -27,9 +27,11 @@ def _rows(path: Path) -> list[dict]:
 
 def strategy_figure(run: Path) -> Path:
     """P(forward) (first-token probability, T = 1) by type and k for both models."""
-    from probes.tasks import current_task
+    from matplotlib.ticker import MaxNLocator
 
-    task = current_task()
+    from probes.runfolder import task_of
+
+    task = task_of(run)  # the run's own task, also when drawn later by analyses.behaviour
     fig, axes = plt.subplots(1, len(task.types), figsize=(4.5 * len(task.types), 3.4), sharey=True, squeeze=False)
     axes = axes[0]
     for role, label, style in (("reference", "pre-RL", "o--"), ("model", "post-RL", "s-")):
@@ -44,6 +46,7 @@ def strategy_figure(run: Path) -> Path:
             natural = (getattr(task, "natural_strategy", None) or {}).get(t)
             ax.set_title(f"{t}" + (f" (natural: {natural})" if natural else ""))
             ax.set_xlabel("chain length k (steps)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("P(forward) at first token")
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend()
