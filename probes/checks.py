@@ -150,13 +150,19 @@ def check_checkpoints(pre: str, post: str, chat: bool = False, task: str | None 
                 raise PairMismatchError(f"config.{key}", f"{va!r} vs {vb!r}", ("pre-RL", "post-RL"))
         check_tokenizers(load_tokenizer(pre), load_tokenizer(post), chat=chat)
         if task is not None:
-            from probes.tasks import load_task, strategy_ids
+            from probes.tasks import load_task, strategy_ids, unknown_words
 
-            strategy_ids(load_tokenizer(pre), load_task(task), chat)
+            tok, tk = load_tokenizer(pre), load_task(task)
+            strategy_ids(tok, tk, chat)
+            unknown = unknown_words(tok, tk)
+            if unknown:
+                raise TaskError(f"the checkpoints' tokenizer does not know {len(unknown)} of the task's words "
+                                f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}): they were not "
+                                "trained on this task")
     except PairMismatchError as e:
         fail(f"error: {e}")
     except TaskError as e:
-        fail(f"error: --task {task}: {e}")
+        fail(f"error: task {task}: {e}")
     except Exception as e:  # noqa: BLE001 - a tokenizer file transformers cannot parse raises anything
         fail(f"error: cannot read the checkpoints' config or tokenizer ({type(e).__name__}): "
                f"{(str(e).splitlines() or [''])[0]}")

@@ -91,9 +91,10 @@ def run_verdict(pooled: dict, pv: dict) -> dict:
 
 
 def fmt_score(val, ci) -> str:
-    if val is None:
-        return "undefined"
-    return f"{val:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    """``+v [+lo, +hi]`` to 3 decimals (``undefined`` for None; :func:`probes.patching.verdict._fmt`)."""
+    from probes.patching.verdict import _fmt
+
+    return "undefined" if val is None else _fmt(val, ci)
 
 
 def verdict_lines(run: RunFolder) -> list[str]:
@@ -120,7 +121,10 @@ def verdict_lines(run: RunFolder) -> list[str]:
                      f"{(v.get('rule') or {}).get('recovery_threshold')}): " + ", ".join(
                          f"{k} layer {forms[k]}" for k in ("selection", "improvement") if forms.get(k) is not None))
     b = v["behaviour"]
-    lines.append(f"  behaviour: delta {b['delta']:+.3f} = selection {b['selection']:+.3f} + improvement {b['improvement']:+.3f}")
+    from probes.patching.verdict import signed
+
+    lines.append(f"  behaviour: delta {signed(b['delta'])} = selection {signed(b['selection'])} + improvement "
+                 f"{signed(b['improvement'])}")
     prop = ((res.get("probes") or {}).get("propensity")) or {}
     for model, pm in sorted(prop.items(), key=lambda kv: ("pre", "post").index(kv[0]) if kv[0] in ("pre", "post") else 2):
         h = pm.get("headline") or {}

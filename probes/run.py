@@ -6,7 +6,8 @@ each reading and writing only the run folder (README.md, "The main job"):
 
   1. behaviour  responses of both checkpoints on held-out problems; strategy shares, accuracy,
                 and the decomposition delta = selection + improvement (Shapley split)
-  2. cache      activations at every layer's hook_resid_post at prompt_end, streamed to disk
+  2. cache      activations at every layer's hook_resid_post at prompt_end and the task's prompt
+                slots (words:i), streamed to disk
   3. probes     linear probes for the strategy about to be used, with controls and steering
   4. patching   cross-model activation patching (CMAP) of routing and execution,
                 counterfactual and attribution patching, and the patching verdict

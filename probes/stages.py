@@ -153,6 +153,9 @@ def run_patching_stage(cfg: RunConfig, run: RunFolder) -> dict:
     from probes.patching.config import PatchingConfig
     from probes.patching.pipeline import run_patching
     from probes.runconfig import PATCHING_PROBLEMS
+
+    for stale in run.path("patching", "x").parent.glob("*.png"):  # no figure of an earlier run in the report
+        stale.unlink()
     problems = run_problems(run)
     pc = PatchingConfig(**{"pre": cfg.pre_rl, "post": cfg.post_rl, "out": str(run.path("patching", "x").parent),
                            "seed": cfg.seed, "backend": cfg.backend, "dtype": cfg.dtype, "device": cfg.device,

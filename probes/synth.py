@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--perturb-scale", type=float, default=0.01,
                     help="eps: each tensor changes by eps * rms(tensor) * N(0, 1) (default 0.01)")
     ap.add_argument("--task", metavar="MODULE:NAME", default=None,
-                    help="the task whose words the tokenizer holds (default: the finite-field task)")
+                    help="the task whose words the tokenizer holds (default: the finite-field task; not with "
+                         "--perturb-from, whose twin keeps its source's tokenizer)")
     ap.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file in GB (default 2)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap
@@ -487,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.perturb_from and args.task:
+            raise SynthError("--task does not apply with --perturb-from: the twin keeps its source's tokenizer "
+                             "(and so its task); drop --task")
         if args.perturb_from:
             src_cfg = Path(args.perturb_from) / "config.json"
             if args.shape and src_cfg.is_file() and (Path(args.perturb_from) / CARD_FILE).is_file():

@@ -69,8 +69,14 @@ class VerdictRule:
                 raise ValueError(f"VerdictRule.{name} must be a non-negative number, got {v!r}")
 
 
+def signed(x: float) -> str:
+    """``x`` to 3 decimals with its sign, and no ``-0.000`` (a value that rounds to 0 is ``+0.000``)."""
+    return f"{round(x, 3) + 0.0:+.3f}"
+
+
 def _fmt(mean: float, ci) -> str:
-    return f"{mean:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    """``+m [+lo, +hi]`` to 3 decimals (the one format of a value with its CI in words)."""
+    return signed(mean) + (f" [{signed(ci[0])}, {signed(ci[1])}]" if ci else "")
 
 
 def judge_term(term: str, behaviour: dict, recovery: dict | None, rule: VerdictRule) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def probe_text(probes: dict) -> str:
     out = ["The headline target is the model's own strategy propensity within a problem type: "
            "logit(F) - logit(B) at the first response token, minus its type's training mean. Probes read the "
            "residual stream (ridge, grouped CV) at every prompt slot x layer; baselines see only the prompt's "
-           "surface (type x field, type x chain length, prompt tokens, all of them). Rule: "
+           "surface (the task's surface features, prompt tokens, all of them). Rule: "
            + str(next((pm.get("rule") for pm in (probes.get("propensity") or {}).values() if pm.get("rule")), "")) + ".",
            ""]
     def auc(sc: dict) -> str:
@@ -74,6 +74,8 @@ def write_run_report(cfg, run: RunFolder, res: dict):
     if (run.root / "patching" / "patching.json").exists():
         headline["patching"] = recovery_figure(run.root)
     for sub in ("probes", "patching"):
+        for stale in (run.root / "figures").glob(f"{sub}_*.png"):  # copies from an earlier run
+            stale.unlink()
         listed = ((res.get(sub) or {}).get("figures") or [])  # the stage's own order (strategy first)
         rank = {Path(x).name: i for i, x in enumerate(listed)}
         for f in sorted((run.root / sub).rglob("*.png"), key=lambda f: (rank.get(f.name, len(rank)), f.name)):
@@ -99,20 +101,27 @@ def write_run_report(cfg, run: RunFolder, res: dict):
 
     v = res["verdict"]
 
-    def fmt(x, ci):
-        return "undefined" if x is None else f"{x:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
+    fmt = fmt_score
     pooled = res["decomposition"]["pooled"]
+
+    def not_read(term: str) -> str:  # as the console: a ratio to a term that does not count is not read
+        if (v.get(term) or {}).get("recovery_read", True) or v[f"{term}_score"] is None:
+            return ""
+        return (f" (not read: the behavioural {term} term does not exclude 0 by the minimum effect, so this ratio "
+                "is not evidence)")
+
     sections = [
         Section("Verdict", f"**{v['statement']}**\n\n"
                 + "".join(f"- **{r['text']}**\n" for r in v.get("regressions") or [])
                 + f"- selection recovery (the mechanistic selection term over the behavioural one; post-RL residual "
                 f"stream into the pre-RL model at the prompt positions, {v.get('score_site')}): "
                 f"{fmt(v['selection_score'], v['selection_score_ci'])}"
-                + (f" ({v['selection_score_undefined_reason']})" if v["selection_score"] is None else "") + "\n"
+                + (f" ({v['selection_score_undefined_reason']})" if v["selection_score"] is None else "")
+                + not_read("selection") + "\n"
                 f"- improvement recovery (likewise at the trace positions of each strategy's canonical trace, exact "
                 f"forced accuracy): {fmt(v['improvement_score'], v['improvement_score_ci'])}"
-                + (f" ({v['improvement_score_undefined_reason']})" if v["improvement_score"] is None else "") + "\n"
+                + (f" ({v['improvement_score_undefined_reason']})" if v["improvement_score"] is None else "")
+                + not_read("improvement") + "\n"
                 f"- behaviour: delta {fmt(pooled['delta'], pooled['delta_ci'])} = selection "
                 f"{fmt(pooled['selection'], pooled['selection_ci'])} + improvement "
                 f"{fmt(pooled['improvement'], pooled['improvement_ci'])}\n"

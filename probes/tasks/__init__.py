@@ -189,9 +189,16 @@ def has(task: Any, member: str) -> bool:
     return getattr(task, member, None) is not None
 
 
+METHODS: frozenset[str] = frozenset({"sample_problems", "problem_from_dict", "verify", "label", "vocabulary",
+                                     "max_response_words", "surface_features", "canonical_response", "twin",
+                                     "step_positions", "parse_prompt", "surface_identity", "step_values"})
+"""The members that are called (they must be callable when present)."""
+
+
 def missing(task: Any) -> list[str]:
-    """The required members ``task`` lacks (empty: it is a task)."""
-    return [m for m in REQUIRED if getattr(task, m, None) is None]
+    """The required members ``task`` lacks, or has but cannot call (empty: it is a task)."""
+    return [m for m in REQUIRED if getattr(task, m, None) is None
+            or (m in METHODS and not callable(getattr(task, m)))]
 
 
 def check_task(task: Any, spec: str = "the task") -> Any:
@@ -202,8 +209,11 @@ def check_task(task: Any, spec: str = "the task") -> Any:
     """
     gone = missing(task)
     if gone:
-        raise TaskError(f"{spec} has no {gone[0]} (a task needs {', '.join(REQUIRED)}; missing: "
-                        f"{', '.join(gone)}); see probes.tasks")
+        raise TaskError(f"{spec} has no {gone[0]} (a task needs {', '.join(REQUIRED)}, the methods callable; "
+                        f"missing: {', '.join(gone)}); see probes.tasks")
+    bad = [m for m in OPTIONAL if m in METHODS and has(task, m) and not callable(getattr(task, m))]
+    if bad:
+        raise TaskError(f"{spec}: {bad[0]} is not callable (set it to a method, or to None to turn it off)")
     strategies = tuple(task.strategies)
     words = [task.strategy_words.get(s) for s in strategies]
     if strategies != STRATEGIES or None in words or len(set(words)) != 2:
@@ -226,17 +236,22 @@ def load_task(spec: str | None = None) -> Any:
     spec = spec or DEFAULT_TASK
     if spec in _LOADED:
         return _LOADED[spec]
-    if ":" not in spec:
-        raise TaskError(f"task {spec!r}: write it as module:Name, e.g. probes.tasks.addition:AdditionTask")
     mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise TaskError(f"task {spec!r}: write it as module:Name, e.g. probes.tasks.addition:AdditionTask")
     try:
         mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise TaskError(f"task {spec!r}: cannot import {mod_name} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a user's module may raise anything while importing
+        raise TaskError(f"task {spec!r}: cannot import {mod_name} ({type(e).__name__}: {e})") from None
     if not hasattr(mod, attr):
         raise TaskError(f"task {spec!r}: {mod_name} has no {attr}")
     obj = getattr(mod, attr)
-    task = check_task(obj() if isinstance(obj, type) else obj, f"task {spec}")
+    try:
+        obj = obj() if isinstance(obj, type) else obj
+    except Exception as e:  # noqa: BLE001 - a user's class may raise anything
+        raise TaskError(f"task {spec!r}: cannot instantiate {attr}() ({type(e).__name__}: {e}); a task class "
+                        "must build without arguments, or give an instance") from None
+    task = check_task(obj, f"task {spec}")
     _LOADED[spec] = task
     return task
 
@@ -281,10 +296,25 @@ def strategy_ids(tokenizer: Any, task: Any, chat: bool = False) -> list[int]:
     from activations.batch import response_token_id
 
     try:
-        return [response_token_id(tokenizer, task.strategy_words[s], chat) for s in task.strategies]
+        ids = [response_token_id(tokenizer, task.strategy_words[s], chat) for s in task.strategies]
     except ValueError as e:
         raise TaskError(f"{task.name}: {e} (a task's strategy words must each be one token of the checkpoints' "
                         "tokenizer)") from None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if len(set(ids)) < len(ids) or (unk is not None and unk in ids):
+        raise TaskError(f"{task.name}: the strategy words {[task.strategy_words[s] for s in task.strategies]} are "
+                        f"token ids {ids} for this tokenizer (unknown or equal): the checkpoints were not trained "
+                        "on this task")
+    return ids
+
+
+def unknown_words(tokenizer: Any, task: Any) -> list[str]:
+    """The words of ``task.vocabulary()`` that ``tokenizer`` maps to its unknown token (empty for a
+    tokenizer without one, such as byte-level BPE)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [w for w in task.vocabulary() if unk in tokenizer(" " + w, add_special_tokens=False)["input_ids"]]
 
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<unk>", "<bos>", "<eos>")

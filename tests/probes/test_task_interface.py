@@ -63,8 +63,12 @@ def test_a_task_without_twins_or_canonical_responses_says_what_it_skipped(pair, 
         class NoCanonical(AdditionTask):
             canonical_response = None
     """))
+    assert _run(pair, tmp_path / "a", ADDITION).returncode == 0  # the same folder held a run with twins first
+    assert list((tmp_path / "a" / "patching").glob("counterfactual_*.png"))
     r = _run(pair, tmp_path / "a", "mytasks:NoTwins", extra_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not list((tmp_path / "a" / "patching").glob("counterfactual_*.png"))  # no stale figure
+    assert "counterfactual_pre" not in (tmp_path / "a" / "report.md").read_text()
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert set(res["task"]["skipped"]) == {"patching: counterfactual"}
     assert "twin" in res["task"]["skipped"]["patching: counterfactual"] and not res["patching"]["counterfactual"]
@@ -89,8 +93,26 @@ def test_a_task_missing_a_required_member_is_one_error_line(pair, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: task badtask:NoLabel has no label"), r.stderr
+    (tmp_path / "brokentask.py").write_text(textwrap.dedent("""
+        from probes.tasks.addition import AdditionTask
+
+        class NeedsArgs(AdditionTask):
+            def __init__(self, x):
+                pass
+
+        class NotCallable(AdditionTask):
+            verify = 3
+
+        undefined_name
+    """))
     for bad, why in (("badtask", "write it as module:Name"), ("nosuchmodule:X", "cannot import nosuchmodule"),
-                     ("badtask:Nope", "has no Nope")):
+                     ("badtask:Nope", "has no Nope"), ("badtask:", "write it as module:Name"),
+                     ("brokentask:NeedsArgs", "cannot import brokentask (NameError")):
+        r = _run(pair, tmp_path / "run", bad, extra_path=tmp_path)
+        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    (tmp_path / "brokentask.py").write_text((tmp_path / "brokentask.py").read_text().replace("undefined_name", ""))
+    for bad, why in (("brokentask:NeedsArgs", "cannot instantiate NeedsArgs()"),
+                     ("brokentask:NotCallable", "has no verify")):
         r = _run(pair, tmp_path / "run", bad, extra_path=tmp_path)
         assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -99,3 +121,12 @@ def test_another_task_needs_its_own_checkpoints(tmp_path):
     r = subprocess.run([sys.executable, "-m", "probes.run", "--quick", "--task", ADDITION, "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "give the checkpoints of your task with --pre-rl and --post-rl" in r.stderr
+
+
+def test_a_pair_trained_on_another_task_is_refused_before_any_stage(pair, tmp_path):
+    """The organism's tokenizer knows neither R nor L (both <unk>): refused, one line."""
+    r = subprocess.run([sys.executable, "-m", "probes.run", "--quick", "--task", ADDITION, "--pre-rl",
+                        "checkpoints/organism/sft-fb", "--post-rl", "checkpoints/organism/rl-fb-hard", "--out",
+                        str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "were not trained on this task" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x" / "stages").exists()
