@@ -272,16 +272,21 @@ def current_task() -> Any:
 @contextmanager
 def use_task(task: Any) -> Iterator[Any]:
     """Make ``task`` (a task object or a ``module:Name`` spec) the :func:`current_task` inside the
-    block (nested blocks restore the outer one).
+    block, with its ``step_positions`` as the ``steps`` position
+    (:func:`activations.batch.register_step_words`); nested blocks restore the outer one.
 
     Raises:
         TaskError: as :func:`load_task`.
     """
+    from activations.batch import register_step_words
+
     task = load_task(task) if isinstance(task, str) or task is None else check_task(task)
     _CURRENT.append(task)
+    before = register_step_words(getattr(task, "step_positions", None))  # the 'steps' position reads this task
     try:
         yield task
     finally:
+        register_step_words(before)
         _CURRENT.pop()
 
 

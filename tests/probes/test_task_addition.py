@@ -296,3 +296,24 @@ def test_prompt_slots_name_fixed_roles_in_prompt_order(length):
         assert at["first operand top digit"] == "0" and at["first operand next digit"] == "9"
         second = p.prompt.split(",")[1].split()[:-1]
         assert [at["second operand tens digit"], at["second operand units digit"]] == second[-2:]
+
+
+def test_the_steps_position_reads_the_current_tasks_steps():
+    """Under use_task, activations' ``steps`` position is the task's own (each ``=`` of its trace),
+    and the previous task's comes back after the block."""
+    import activations.batch as batch_mod
+    from activations.batch import encode_batch
+    from activations.positions import resolve_positions
+    from probes.tasks import use_task, word_tokenizer
+
+    before = batch_mod._STEP_WORDS
+    task = AdditionTask()
+    tok = word_tokenizer(task.vocabulary())
+    p = task.sample_problems(2, 0, [3])[0]
+    trace = task.canonical_response(p, "backward")
+    with use_task(task):
+        b = encode_batch(tok, [p.prompt], [trace])
+        idx = resolve_positions("steps", b)
+    got = [tok.convert_ids_to_tokens(int(b.input_ids[0, c])) for c in idx.cols]
+    assert got == ["="] * len(task.step_positions(trace)) and len(got) == p.length + 1
+    assert batch_mod._STEP_WORDS is before
