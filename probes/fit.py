@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steering doses, multiples of mu_F - mu_B")
     ap.add_argument("--steer-n", type=int, default=256, help="held-out prompts to steer")
     ap.add_argument("--no-generate", action="store_true", help="steer the first token only (no generation)")
+    ap.add_argument("--task", metavar="MODULE:NAME", default=None,
+                    help="the task (probes.tasks; default: the finite-field task of the shipped organism)")
     ap.add_argument("--splits", type=int, default=5, help="inner CV folds")
     ap.add_argument("--test-size", type=float, default=0.25, help="fraction of chains held out")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws for 95%% CIs")
@@ -59,8 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from probes.tasks import TaskError, use_task
+
     ap = build_parser()
     args = ap.parse_args(argv)
+    try:
+        with use_task(args.task):
+            return _main(ap, args)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(ap, args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if bool(args.post_store) != bool(args.post_labels):
         ap.error("--post-store and --post-labels go together")

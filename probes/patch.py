@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", help="cpu (default), cuda:0, ...")
     ap.add_argument("--max-rows", type=int, help="rows per forward pass of a batched sweep (default 256)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    ap.add_argument("--task", metavar="MODULE:NAME", default=None,
+                    help="the task (probes.tasks; default: the finite-field task of the shipped organism)")
     return ap
 
 
@@ -59,8 +61,19 @@ def _fmt(score: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from probes.tasks import TaskError, use_task
+
     ap = build_parser()
     args = ap.parse_args(argv)
+    try:
+        with use_task(args.task):
+            return _main(ap, args)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(ap, args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from pydantic import ValidationError
