@@ -67,6 +67,9 @@ def write_run_report(cfg, run: RunFolder, res: dict):
     from probes.behaviour.pipeline import format_table
     from probes.report import Figure, Section, write_report
 
+    for sub in ("probes", "patching"):  # copies of an earlier run's stage figures
+        for stale in (run.root / "figures").glob(f"{sub}_*.png"):
+            stale.unlink()
     figs = [strategy_figure(run.root), decomposition_figure(run.root)]
     headline = {"probes": None, "patching": None}
     if (run.root / "probes" / "probes.json").exists():
@@ -74,8 +77,6 @@ def write_run_report(cfg, run: RunFolder, res: dict):
     if (run.root / "patching" / "patching.json").exists():
         headline["patching"] = recovery_figure(run.root)
     for sub in ("probes", "patching"):
-        for stale in (run.root / "figures").glob(f"{sub}_*.png"):  # copies from an earlier run
-            stale.unlink()
         listed = ((res.get(sub) or {}).get("figures") or [])  # the stage's own order (strategy first)
         rank = {Path(x).name: i for i, x in enumerate(listed)}
         for f in sorted((run.root / sub).rglob("*.png"), key=lambda f: (rank.get(f.name, len(rank)), f.name)):
