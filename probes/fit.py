@@ -61,16 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.tasks import TaskError, use_task
+    from probes.tasks import run_with_task
 
     ap = build_parser()
     args = ap.parse_args(argv)
-    try:
-        with use_task(args.task):
-            return _main(ap, args)
-    except TaskError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_with_task(args.task, lambda: _main(ap, args))
 
 
 def _main(ap, args) -> int:

@@ -81,7 +81,7 @@ from __future__ import annotations
 import importlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 DEFAULT_TASK = "probes.task.adapter:FiniteFieldTask"
 """The task of the shipped organism: finite-field arithmetic with relabelled numerals."""
@@ -288,6 +288,20 @@ def use_task(task: Any) -> Iterator[Any]:
     finally:
         register_step_words(before)
         _CURRENT.pop()
+
+
+def run_with_task(spec: str | None, fn: Callable[[], int]) -> int:
+    """``fn()`` with the task ``spec`` current (:func:`use_task`), for a command line's ``--task``:
+    a task that cannot be loaded, or a :class:`TaskError` while running, is one ``error:`` line on
+    stderr and exit status 2."""
+    import sys
+
+    try:
+        with use_task(spec):
+            return fn()
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def strategy_ids(tokenizer: Any, task: Any, chat: bool = False) -> list[int]:
