@@ -274,14 +274,17 @@ def word_char_offsets(text: str) -> list[tuple[int, int]]:
 _STEP_WORDS: Callable[[str], list[int]] | None = None
 
 
-def register_step_words(fn: Callable[[str], list[int]] | None) -> Callable[[str], list[int]] | None:
+def register_step_words(fn: Callable[[str], list[int]] | None,
+                        replace: bool = True) -> Callable[[str], list[int]] | None:
     """Register the function that gives the word indices of a response's steps (the ``steps``
     position: where each step's result is predicted; None: no steps). The finite-field task
     registers its own (:func:`probes.task.traces.step_positions`) when it is imported, and
-    :func:`probes.tasks.use_task` the current task's; this package knows no task. Returns the
-    function registered before."""
+    :func:`probes.tasks.use_task` the current task's; this package knows no task. With
+    ``replace=False`` a function already registered is kept. Returns the function registered before."""
     global _STEP_WORDS
-    old, _STEP_WORDS = _STEP_WORDS, fn
+    old = _STEP_WORDS
+    if replace or old is None:
+        _STEP_WORDS = fn
     return old
 
 

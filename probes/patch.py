@@ -100,6 +100,9 @@ def _main(ap, args) -> int:
         return 1
     v = results["verdict"]
     print(f"wrote {cfg.out}/{RESULTS_FILE} and {len(results['figures'])} figures")
+    if v is None:  # a task without canonical responses: nothing patched
+        print(f"patching skipped: {results['skipped']['all']}")
+        return 0
     print(f"verdict={v['label']} selection={_fmt(v['selection']['recovery'])} "
           f"improvement={_fmt(v['improvement']['recovery'])}"
           + "".join(f" REGRESSION={r['term']}:{r['mean']:+.3f}" for r in v["regressions"]))

@@ -174,7 +174,10 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
     from probes.runconfig import RunConfig
     from probes.runfolder import write_json
 
+    from probes.tasks import load_task
+
     settings = {**TRAJECTORY_DEFAULTS, **(overrides or {})}
+    types = tuple(load_task(settings.get("task")).types)  # a bad task: one TaskError, not a skip per snapshot
     rows, done = [], []
     t_all = time.time()
     for k, (step, path) in enumerate(snapshots, 1):
@@ -198,7 +201,7 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
         done.append((step, cfg.folder))
         log(f"{tag} done in {time.time() - t0:.0f} s: selection {_fmt(summary['selection'])}, improvement "
             f"{_fmt(summary['improvement'])}, verdict {summary['verdict']}")
-    result = {"schema_version": 1, "start": start, "settings": settings, "steps": rows, "flips": {},
+    result = {"schema_version": 1, "start": start, "settings": settings, "types": list(types), "steps": rows, "flips": {},
               "seconds": round(time.time() - t_all, 1)}
     if done:
         result["flips"] = _flips(done, rows, VerdictRule(), n_boot)
@@ -267,8 +270,9 @@ def _fmt(v: dict) -> str:
 
 def table(result: dict) -> str:
     """The trajectory as a markdown table, one row per snapshot."""
-    head = ("| step | delta | selection | improvement | P(F) eval | P(F) inv | probe R^2 (post) | selection recovery "
-            "| verdict |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    types = tuple(result.get("types") or ("evaluation", "inversion"))
+    head = ("| step | delta | selection | improvement | " + "".join(f"P(F) {t} | " for t in types)
+            + "probe R^2 (post) | selection recovery | verdict |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
     for r in result["steps"]:
         if "skipped" in r:
@@ -280,7 +284,7 @@ def table(result: dict) -> str:
         r2 = "n/a" if p["r2"] is None else f"{p['r2']:.2f}"
         lines.append(
             f"| {r['step']} | {_fmt(r['delta'])} | {_fmt(r['selection'])} | {_fmt(r['improvement'])} | "
-            f"{_share(fs.get('evaluation'))} | {_share(fs.get('inversion'))} | "
+            + "".join(f"{_share(fs.get(t))} | " for t in types) +
             f"{r2} | "
             f"{_fmt(rec) if rec['read'] else 'not read'} | {r['verdict']}"
             + (" + REGRESSION" if r.get("regressions") else "") + " |")
@@ -312,7 +316,7 @@ def _figure(out: Path, result: dict) -> Path:
     ax.set_ylabel("change in accuracy vs the start (fraction)")
     ax.legend(fontsize=7)
     ax.set_title("the decomposition along RL (95% bootstrap CIs over problems)", fontsize=9)
-    for t, style in (("evaluation", "-"), ("inversion", "--")):
+    for t, style in zip(result.get("types") or ("evaluation", "inversion"), ("-", "--")):
         ax2.plot(steps, [r["forward_share"].get(t) for r in ok], style, color="tab:green", marker=".",
                  label=f"P(F) at T = 1, {t}")
     ax2.plot(steps, [r["probe"]["r2"] for r in ok], "s:", color="tab:purple", ms=3,
@@ -391,8 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--config {args.config}: expected a YAML mapping")
     out = Path(args.out or f"runs/trajectory-{Path(args.snapshots).resolve().parent.name}")
     print(f"trajectory: {len(snaps)} snapshot(s) of {args.snapshots} against {args.start} -> {out}", file=sys.stderr)
-    res = run_trajectory(args.start, snaps, out, overrides, n_boot=args.n_boot,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+    from probes.tasks import TaskError
+
+    try:
+        res = run_trajectory(args.start, snaps, out, overrides, n_boot=args.n_boot,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    except TaskError as e:  # a bad task: once, before any snapshot
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(table(res))
     for t, f in res["flips"].items():
         print(f"{t}: " + (f"half of its final value by step {f['step']} (95% CI {f['ci']})" if f.get("step") is not None

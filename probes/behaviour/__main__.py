@@ -12,13 +12,11 @@ from probes.behaviour.pipeline import format_table, held_out_problems, parse_ste
 
 
 def main(argv: list[str] | None = None) -> int:
-    from probes.behaviour.evaluate import BehaviourSettings
-    from activations.io import atomic_write_text
-
     ap = argparse.ArgumentParser(prog="python -m probes.behaviour", description=__doc__)
     ap.add_argument("--model", required=True, help="checkpoint directory (the model after the change)")
     ap.add_argument("--reference", help="checkpoint before the change: adds the decomposition")
-    ap.add_argument("--n", type=int, default=1000, help="held-out problems (stratified over field x type x steps)")
+    ap.add_argument("--n", type=int, default=1000, help="held-out problems (stratified by the task's strata; the "
+                    "finite-field task: field x type x steps)")
     ap.add_argument("--steps", type=parse_steps, default=parse_steps("1-10"), help="chain lengths, e.g. 1-10")
     ap.add_argument("--samples", type=int, default=4, help="temperature-1 samples per problem")
     ap.add_argument("--forced", type=int, default=0, help="forced-strategy samples per problem and strategy (the "
@@ -32,12 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output JSON file (responses go beside it as .model.jsonl)")
     ap.add_argument("--cache", help="directory caching each checkpoint's per-problem rows (by weights hash, "
                     "problems and settings), so a reference measured once is not measured again")
+    ap.add_argument("--task", metavar="MODULE:NAME", default=None,
+                    help="the task (probes.tasks; default: the finite-field task of the shipped organism)")
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 1 or args.forced < 0:
         ap.error("--n and --samples must be >= 1 and --forced >= 0")
     if args.forced_method == "sampled" and args.forced < 1:
         ap.error("--forced-method sampled needs --forced >= 1 samples per strategy")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from probes.tasks import run_with_task
+
+    return run_with_task(args.task, lambda: _measure(args))
+
+
+def _measure(args) -> int:
+    from probes.behaviour.evaluate import BehaviourSettings
+    from activations.io import atomic_write_text
+
     problems = held_out_problems(args.n, args.seed, args.steps)
     settings = BehaviourSettings(n_samples=args.samples, n_forced=args.forced, batch_size=args.batch_size, seed=args.seed,
                                 forced_method=args.forced_method)

@@ -180,10 +180,12 @@ def format_table(result: dict) -> str:
             lines.append(f"  implied - sampled accuracy {diff['mean']:+.3f} [{diff['ci'][0]:+.3f},{diff['ci'][1]:+.3f}]"
                          f" ({'consistent' if diff['consistent'] else 'INCONSISTENT'}: the CI "
                          f"{'contains' if diff['consistent'] else 'excludes'} 0)")
-        ks = sorted({int(k.split('/')[1][1:]) for k in s["accuracy_by_stratum"]})
-        lines.append("  sampled accuracy by k: " + " ".join(
-            f"k{k}:{np.mean([v['sampled'] for kk, v in s['accuracy_by_stratum'].items() if kk.split('/')[1] == f'k{k}']):.2f}"
-            for k in ks))
+        by_k: dict[str, list[float]] = {}
+        for key, v in s["accuracy_by_stratum"].items():  # strata TYPE/kN/...: the k part; another task's, whole
+            parts = key.split("/")
+            by_k.setdefault(parts[1] if len(parts) > 1 else key, []).append(v["sampled"])
+        order = sorted(by_k, key=lambda k: (not (k[:1] == "k" and k[1:].isdigit()), int(k[1:]) if k[1:].isdigit() else 0, k))
+        lines.append("  sampled accuracy by k: " + " ".join(f"{k}:{np.mean(by_k[k]):.2f}" for k in order))
     if "decomposition" in result:
         d = result["decomposition"]
         lines.append("== decomposition (reference -> model), Shapley split, 95% bootstrap CIs")

@@ -174,6 +174,8 @@ def run_probes(
     primary = None
     for h in hooks:
         sets = {n: read_probe_set(s, h, position, layers, progress=progress) for n, s in opened.items()}
+        for n, ps in sets.items():
+            ps.groups = chain_groups(ps.keys, ps.groups, labs[n])
         sets = align_probe_sets(sets)
         names = list(sets)
         if primary is None:
@@ -210,6 +212,13 @@ def run_probes(
                          + [str(f.relative_to(out_dir)) for f in rest])
     write_json(out_dir / "probes.json", result)
     return to_jsonable(result)
+
+
+def chain_groups(keys, groups, labels) -> np.ndarray:
+    """``[n]`` split groups of a probe set's rows: each problem's ``chain_id`` (the task's; a
+    problem and its twin share it, so they stay on one side of every split), or the group the store
+    gave (its id's chain, or the id) for a row without labels."""
+    return np.array([labels.by_id[k].problem.chain_id if k in labels.by_id else g for k, g in zip(keys, groups)])
 
 
 def _prompt_slots() -> tuple:
@@ -342,7 +351,7 @@ def _steering(models, names, fits, sets, labs, hook, alphas, steer_n, generate, 
                 seen.add(k)
                 problems.append(labs[n].by_id[k].problem)
         problems = problems[:steer_n]
-        budget = max_new_tokens or max_trace_tokens(tok, max(p.steps for p in problems))
+        budget = max_new_tokens or max_trace_tokens(tok, max(p.length for p in problems))
         dose = steering_dose_response(backend, [p.prompt for p in problems], ps.site(fit.best_layer),
                                       fit.difference[j], alphas, generate=generate, max_new_tokens=budget,
                                       n_boot=cfg.n_boot, seed=cfg.seed, progress=progress, chat=chat)

@@ -112,4 +112,5 @@ def step_positions(response: str) -> list[int]:
     return out
 
 
-register_step_words(step_positions)  # the steps position of activations reads this task's traces
+# the steps position reads this task's traces, unless a run's task (probes.tasks.use_task) set its own
+register_step_words(step_positions, replace=False)

@@ -19,8 +19,8 @@ Required members (:data:`REQUIRED`) and what they are used for:
   decides what each means), and ``strategy_words`` (``{strategy: first response word}``, e.g.
   ``{"forward": "F", "backward": "B"}``, two different words): the strategy choice is the first
   response token, so P(strategy) is read exactly from one forward pass.
-- ``types`` (tuple of str): the problem types. Probes predict the strategy propensity *within* a
-  type; the decomposition is reported per type.
+- ``types`` (two str): the problem types. Probes predict the strategy propensity *within* a type;
+  the decomposition is reported per type.
 - ``sample_problems(n, seed, lengths) -> list[TaskProblem]``: ``n`` held-out problems drawn
   reproducibly from ``seed``, stratified by the task's own strata, with chain lengths (difficulty)
   from ``lengths``.
@@ -40,14 +40,15 @@ Required members (:data:`REQUIRED`) and what they are used for:
 Optional members (:data:`OPTIONAL`), each unlocking a part of the pipeline:
 
 - ``canonical_response(problem, strategy) -> str``: the response a strategy gives when executed
-  correctly. Unlocks exact forced accuracy (the probability of the canonical trace) and the
-  improvement side of patching (trace positions). Without it: sampled forced accuracy, and the
-  patching stage reports improvement as skipped.
+  correctly. Unlocks exact forced accuracy (the probability of the canonical trace) and the patching
+  stage (its mechanistic decomposition needs each strategy's forced accuracy under patching).
+  Without it: sampled forced accuracy, and the patching stage is skipped (recoveries undefined).
 - ``twin(problem) -> TaskProblem``: a counterfactual problem of the same length and tokens but the
-  other type. Unlocks counterfactual (within-model) patching; the probes' splits keep a problem and
-  its twin on one side. Without it: counterfactual patching is skipped.
+  other type. Unlocks counterfactual and attribution (within-model) patching. Without it: those are
+  skipped. (The probes' splits keep a problem and its twin on one side through ``chain_id``.)
 - ``prompt_slots``: ``((name, word_index), ...)``, named prompt words at fixed indices (negative:
-  from the last word), in prompt order, for the probes' position x layer map. Without it: no map.
+  from the last word), in prompt order, for the probes' position x layer map. Without it: the map
+  has the prompt end only.
 - ``step_positions(response) -> list[int]``: word indices of each executed step of a trace (the
   ``steps`` position).
 - ``natural_strategy``: ``{type: strategy}``, the cheap strategy of each type (probe targets).
@@ -96,8 +97,8 @@ REQUIRED: tuple[str, ...] = ("name", "strategies", "strategy_words", "types", "s
                              "surface_features")
 """The members every task has."""
 OPTIONAL: dict[str, str] = {
-    "canonical_response": "exact forced accuracy and the improvement side of patching",
-    "twin": "counterfactual patching (and twin-grouped probe splits)",
+    "canonical_response": "exact forced accuracy and the patching stage",
+    "twin": "counterfactual and attribution patching",
     "prompt_slots": "the probes' position x layer map over named prompt words",
     "step_positions": "the 'steps' position (each executed step of a trace)",
     "natural_strategy": "the 'natural' trace-strategy probe target",
@@ -219,6 +220,9 @@ def check_task(task: Any, spec: str = "the task") -> Any:
     if strategies != STRATEGIES or None in words or len(set(words)) != 2:
         raise TaskError(f"{spec}: strategies {strategies} with first words {words}: a task has the strategies "
                         f"{STRATEGIES} (named as in the paper) whose first response words differ")
+    if len(tuple(task.types)) != 2 or len(set(task.types)) != 2:
+        raise TaskError(f"{spec}: types {tuple(task.types)}: a task has two problem types (the paper's evaluation "
+                        "and inversion; the type probe is binary)")
     return task
 
 

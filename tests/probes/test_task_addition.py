@@ -317,3 +317,23 @@ def test_the_steps_position_reads_the_current_tasks_steps():
     got = [tok.convert_ids_to_tokens(int(b.input_ids[0, c])) for c in idx.cols]
     assert got == ["="] * len(task.step_positions(trace)) and len(got) == p.length + 1
     assert batch_mod._STEP_WORDS is before
+
+
+def test_probe_splits_keep_an_addition_problem_and_its_twin_together():
+    """The probes group rows by the task's chain_id (the finite-field id parse does not apply to
+    addition ids), so a problem and its twin never straddle a split."""
+    import numpy as np
+
+    from probes.probing.report import chain_groups
+    from probes.probing.targets import labels_from_rows
+    from probes.tasks import use_task
+
+    task = AdditionTask()
+    ps = task.sample_problems(6, 1, [2])
+    rows = [{"problem": p.to_dict(), "id": p.id} for p in ps] + [{"problem": p.twin().to_dict(), "id": p.twin().id}
+                                                                  for p in ps]
+    with use_task(task):
+        labels = labels_from_rows(rows)
+    keys = [r["id"] for r in rows]
+    groups = chain_groups(keys, np.array(keys), labels)
+    assert len(set(groups)) == 6 and all(groups[i] == groups[i + 6] for i in range(6))
