@@ -203,7 +203,8 @@ class StrategyLogitDiff(Metric):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "unit": self.unit, "position": "prompt_end",
-                "tokens": {"F": self.forward_id, "B": self.backward_id}}
+                "tokens": {current_task().strategy_words["forward"]: self.forward_id,
+                           current_task().strategy_words["backward"]: self.backward_id}}
 
 
 def _target_plan(batch: TokenBatch, targets: Sequence[Sequence[tuple[int, int]]], kind: str) -> MetricPlan:
