@@ -210,8 +210,8 @@ class Stage:
         name: its name (``--stages``, the marker ``stages/NAME.json``).
         summary: one line for ``--help``.
         reads: the stages whose outputs it reads (their hashes enter its own).
-        inputs: ``cfg -> dict`` of the settings that change its numbers (checkpoints included),
-            hashed with the hashes of ``reads`` (:func:`stage_hashes`).
+        inputs: ``cfg -> dict`` of the settings that change its numbers, hashed with the hashes of
+            ``reads`` and, with ``reads_checkpoints``, the checkpoints' identity (:func:`stage_hashes`).
         writes: the run-folder paths it writes.
         run: ``(cfg, run_folder) -> dict`` of what it wrote.
     """
@@ -222,29 +222,30 @@ class Stage:
     inputs: Callable[[RunConfig], dict[str, Any]]
     writes: tuple[str, ...]
     run: Callable[[RunConfig, RunFolder], dict]
+    reads_checkpoints: bool = True
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("behaviour", "responses of both checkpoints; strategy shares, accuracy, the decomposition", (),
-          lambda c: {**_weights(c), "n": c.n_problems, "steps": c.steps, "samples": c.samples, "forced": c.forced,
+          lambda c: {"n": c.n_problems, "steps": c.steps, "samples": c.samples, "forced": c.forced,
                      "forced_accuracy": c.forced_accuracy, "seed": c.seed, "n_boot": c.n_boot,
                      "layout": RESULTS_SCHEMA_VERSION, **_runs(c)},  # layout: the folder's file names (3: behaviour/)
           ("problems.jsonl", "behaviour/"), run_behaviour_stage),
     Stage("cache", "activations at every layer's probe hook, streamed to disk", ("behaviour",),  # problems.jsonl
-          lambda c: {**_weights(c), "hook": c.probe_hook, "pos": cache_positions(c), "backend": c.backend,
+          lambda c: {"hook": c.probe_hook, "pos": cache_positions(c), "backend": c.backend,
                      "chunk": c.cache_chunk, **_runs(c)},
           ("store/pre/", "store/post/"), run_cache_stage),
     Stage("probes", "linear probes of the strategy, its propensity map, steering", ("behaviour", "cache"),
-          lambda c: {**_weights(c), "steer_n": c.steer_n, "steer_generate": c.steer_generate, "n_boot": c.n_boot,
+          lambda c: {"steer_n": c.steer_n, "steer_generate": c.steer_generate, "n_boot": c.n_boot,
                      "engine": PROBES_ENGINE, "targets": c.probe_targets, **_runs(c)},
           ("probes/",), run_probes_stage),
     Stage("patching", "cross-model, counterfactual and attribution patching; the patching verdict", ("behaviour",),
-          lambda c: {**_weights(c), "patching": c.patching, "seed": c.seed, "backend": c.backend,
+          lambda c: {"patching": c.patching, "seed": c.seed, "backend": c.backend,
                      "engine": PATCHING_ENGINE, **_runs(c)},
           ("patching/",), run_patching_stage),
     Stage("verdict", "results.json, the report and its figures", ("behaviour", "cache", "probes", "patching"),
           lambda c: {"schema": RESULTS_SCHEMA_VERSION},
-          ("results.json", "report.md", "report.html", "figures/"), run_verdict_stage),
+          ("results.json", "report.md", "report.html", "figures/"), run_verdict_stage, reads_checkpoints=False),
 )
 """The pipeline, in order: every stage a stage reads comes before it."""
 
@@ -256,7 +257,9 @@ def stage_hashes(cfg: RunConfig) -> dict[str, str]:
     :func:`checkpoint_id`, and the settings that change its numbers) and the hashes of the stages
     whose outputs it reads (:attr:`Stage.reads`). Changing an input reruns exactly the stages that
     read it, directly or through another stage's outputs."""
+    weights = _weights(cfg)  # the checkpoints' files are hashed once per run, not once per stage
     out: dict[str, str] = {}
     for st in STAGES:  # in order: every stage a stage reads comes before it
-        out[st.name] = sha256_json({"own": st.inputs(cfg), "reads": {u: out[u] for u in st.reads}})
+        own = {**(weights if st.reads_checkpoints else {}), **st.inputs(cfg)}
+        out[st.name] = sha256_json({"own": own, "reads": {u: out[u] for u in st.reads}})
     return out
