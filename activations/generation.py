@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import replace
 from typing import Any, Callable, Sequence
@@ -130,12 +131,19 @@ def generate_greedy(
     return ids_out if return_ids else texts
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    """The keyword a model class's ``forward`` takes its key/value cache by (transformers 5:
+    ``cache``; 4.x: ``past_key_values``), looked up once per class, not once per decoded token."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _decode_step(backend: Backend, batch: TokenBatch, past: Any) -> tuple[torch.Tensor, Any]:
     """Logits ``[batch, vocab]`` of ``batch``'s last token from the cache of the tokens before it,
     and the cache with it added (the model's own forward: nothing is read or written)."""
     model = backend.checkpoint.model
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = _cache_argument(type(model))
     dev = backend.device
     out = model(input_ids=batch.input_ids[:, -1:].to(dev), attention_mask=batch.attention_mask.to(dev),
                 position_ids=batch.position_ids[:, -1:].to(dev), use_cache=True, **{name: past})
