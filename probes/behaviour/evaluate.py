@@ -195,11 +195,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def stratum_key(p: Problem) -> str:
-    """The problem's stratum (the task's own, e.g. ``evaluation/k3/p11``)."""
-    return p.stratum
-
-
 def _stratum_order(key: str) -> tuple:
     """Strata by type, then numerically by the parts that are ``k<int>``, then by name."""
     parts = key.split("/")
@@ -234,7 +229,7 @@ def summarize_behaviour(rows: list[ProblemBehaviour], n_boot: int = 1000, seed: 
     }
     strata = defaultdict(list)
     for i, r in enumerate(rows):
-        strata[stratum_key(r.problem)].append(i)
+        strata[r.problem.stratum].append(i)
     for key in sorted(strata, key=_stratum_order):
         idx = strata[key]
         out["accuracy_by_stratum"][key] = {"greedy": float(greedy[idx].mean()), "sampled": float(sampled[idx].mean()),

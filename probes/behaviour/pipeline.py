@@ -116,7 +116,7 @@ def run_behaviour(model_dir, reference_dir, problems, settings, n_boot=1000, pro
     hash, the problems and the settings (:func:`evaluate_cached`). ``weights_sha256``: hashes the
     caller has already computed, by role (``{"model": ..., "reference": ...}``; either may be missing)."""
     from probes.behaviour.decompose import decompose, summarize
-    from probes.behaviour.evaluate import stratum_key, summarize_behaviour
+    from probes.behaviour.evaluate import summarize_behaviour
     from activations.io import write_jsonl
 
     from activations.load import load_tokenizer
@@ -139,7 +139,7 @@ def run_behaviour(model_dir, reference_dir, problems, settings, n_boot=1000, pro
         ref, new = rows["reference"], rows["model"]
         dec = decompose(np.stack([r.pi for r in ref]), np.stack([r.a for r in ref]),
                         np.stack([r.pi for r in new]), np.stack([r.a for r in new]))
-        keys = np.array([stratum_key(p) for p in problems])
+        keys = np.array([p.stratum for p in problems])
         types = np.array([p.type for p in problems])
         result["decomposition"] = {
             "pooled": summarize(dec, None, n_boot, settings.seed),

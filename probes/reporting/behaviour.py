@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from probes.reporting.rundir import run_dir_from_argv, save_figure  # noqa: E402
+from probes.reporting.rundir import figure_cli, save_figure  # noqa: E402
 
 
 def _rows(path: Path) -> list[dict]:
@@ -77,12 +77,7 @@ def decomposition_figure(run: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = run_dir_from_argv(argv, "behaviour", "behaviour/behaviour.json")
-    if run is None:
-        return 2
-    for p in (strategy_figure(run), decomposition_figure(run)):
-        print(p)
-    return 0
+    return figure_cli(argv, "behaviour", "behaviour/behaviour.json", strategy_figure, decomposition_figure)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from probes.reporting.rundir import load, run_dir_from_argv, save_figure  # noqa: E402
+from probes.reporting.rundir import figure_cli, load, save_figure  # noqa: E402
 
 DIRECTIONS = (("post_into_pre", "post-RL into pre-RL", "-"), ("pre_into_post", "pre-RL into post-RL", "--"))
 from probes.patching.figures import HOOK_COLORS  # noqa: E402
@@ -117,11 +117,7 @@ def recovery_figure(run: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = run_dir_from_argv(argv, "patching", "patching/patching.json")
-    if run is None:
-        return 2
-    print(recovery_figure(run))
-    return 0
+    return figure_cli(argv, "patching", "patching/patching.json", recovery_figure)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from probes.reporting.rundir import load, run_dir_from_argv, save_figure  # noqa: E402
+from probes.reporting.rundir import figure_cli, load, save_figure  # noqa: E402
 
 MODELS = (("pre", "pre-RL", "tab:blue"), ("post", "post-RL", "tab:red"))
 
@@ -95,11 +95,7 @@ def strategy_curve_figure(run: str | Path, target: str = "strategy") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = run_dir_from_argv(argv, "probes", "probes/probes.json")
-    if run is None:
-        return 2
-    print(strategy_curve_figure(run))
-    return 0
+    return figure_cli(argv, "probes", "probes/probes.json", strategy_curve_figure)
 
 
 if __name__ == "__main__":

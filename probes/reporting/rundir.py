@@ -30,6 +30,18 @@ def run_dir_from_argv(argv: list[str] | None, prog: str, needs: str) -> Path | N
     return run
 
 
+def figure_cli(argv: list[str] | None, prog: str, needs: str, *draw: Any) -> int:
+    """The body of a ``python -m analyses.PROG RUN_DIR`` command: check the run folder
+    (:func:`run_dir_from_argv`), draw each figure (``draw``: functions of the run folder returning
+    a path) and print its path. Returns the exit status (2 for a bad argument)."""
+    run = run_dir_from_argv(argv, prog, needs)
+    if run is None:
+        return 2
+    for fn in draw:
+        print(fn(run))
+    return 0
+
+
 def load(run: str | Path, rel: str) -> Any:
     """A JSON file of the run folder (``results.json``, ``probes/probes.json``...); a
     ``results.json`` is read through :func:`probes.runfolder.read_results` (older schema versions

@@ -28,8 +28,8 @@ from activations.batch import register_step_words, word_char_offsets  # noqa: F4
 
 from probes.task.field import Field
 from probes.task.problems import INVERSE_OP, Problem, apply_op, compose_affine
+from probes.tasks import STRATEGIES  # noqa: F401  (every task's two strategy names, re-exported)
 
-STRATEGIES: tuple[str, ...] = ("forward", "backward")
 STRATEGY_TOKEN: dict[str, str] = {"forward": "F", "backward": "B"}
 """The first response word of each strategy."""
 TOKEN_STRATEGY: dict[str, str] = {v: k for k, v in STRATEGY_TOKEN.items()}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from probes.task.field import SYMBOL_POOL
 from probes.task.problems import Problem, apply_op, compose_affine
-from probes.task.traces import TOKEN_STRATEGY, strategy_ops, uses_map
-from probes.tasks import UNPARSEABLE, Verdict
+from probes.task.traces import STRATEGY_TOKEN, TOKEN_STRATEGY, strategy_ops, uses_map
+from probes.tasks import UNPARSEABLE, Verdict, first_word_strategy
 
 _SYMBOLS = frozenset(SYMBOL_POOL)
 _STEP_OPS = frozenset({"add", "sub", "mul", "div"})
@@ -121,9 +121,9 @@ def label(text: str) -> str:
 
 
 def first_token_strategy(text: str) -> str:
-    """The strategy named by the first word alone (``unparseable`` if it names none)."""
-    words = text.split()
-    return TOKEN_STRATEGY.get(words[0], UNPARSEABLE) if words else UNPARSEABLE
+    """The strategy named by the first word alone (``unparseable`` if it names none;
+    :func:`probes.tasks.first_word_strategy` with this task's words)."""
+    return first_word_strategy(STRATEGY_TOKEN, text)
 
 
 def verify(problem: Problem, text: str) -> Verdict:

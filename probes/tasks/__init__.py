@@ -376,7 +376,9 @@ def surface_identity(task: Any, problem: Any) -> str:
 
 
 def first_word_strategy(task: Any, text: str) -> str:
-    """The strategy named by the first word of ``text`` alone (:data:`UNPARSEABLE` if none)."""
+    """The strategy named by the first word of ``text`` alone (:data:`UNPARSEABLE` if none);
+    ``task``: a task, or its ``strategy_words`` mapping."""
     words = text.split()
-    by_word = {w: s for s, w in task.strategy_words.items()}
+    strategy_words = task if isinstance(task, dict) else task.strategy_words
+    by_word = {w: s for s, w in strategy_words.items()}
     return by_word.get(words[0], UNPARSEABLE) if words else UNPARSEABLE
