@@ -55,6 +55,10 @@ class RunConfig(BaseModel):
             (steering) and patching all read that input, ``prompt_end`` is the template's last
             token and the response follows it directly. ``python -m probes.run`` checks first
             that both tokenizers have a chat template.
+        behaviour_cache: a directory caching each checkpoint's behaviour rows, keyed by its weights,
+            the problems and the settings (:func:`probes.behaviour.pipeline.evaluate_cached`), so that
+            a checkpoint measured once is read back (``probes.trajectory`` sets it for the start it
+            shares across snapshots). Speed only: no stage hash includes it.
         task: the task, ``module:Name`` (:func:`probes.tasks.load_task`; default the finite-field task
             of the shipped organism, :data:`probes.tasks.DEFAULT_TASK`). ``python -m probes.run``
             loads and checks it first (one ``error:`` line naming a missing member).
@@ -92,6 +96,7 @@ class RunConfig(BaseModel):
     device_map: str | dict[str, Any] | None = None
     remote: bool = False
     chat: bool = False
+    behaviour_cache: str | None = None
     task: str = "probes.task.adapter:FiniteFieldTask"
     expect_dims: dict[str, int] | None = None
 

@@ -83,7 +83,7 @@ def run_behaviour_stage(cfg: RunConfig, run: RunFolder) -> dict:
     settings = BehaviourSettings(n_samples=cfg.samples, n_forced=cfg.forced, batch_size=cfg.batch_size, seed=cfg.seed,
                                 chat=cfg.chat, forced_method=cfg.forced_accuracy)
     res = run_behaviour(cfg.post_rl, cfg.pre_rl, problems, settings, n_boot=cfg.n_boot,
-                       responses_out=run.path("behaviour", "behaviour.json"))
+                       responses_out=run.path("behaviour", "behaviour.json"), cache_dir=cfg.behaviour_cache)
     res["settings"].update({"n": cfg.n_problems, "steps": cfg.steps, "problem_seed": cfg.seed})
     write_json(run.path("behaviour", "behaviour.json"), res)
     return {"behaviour": "behaviour/behaviour.json", "delta": res["decomposition"]["pooled"]["delta"],

@@ -176,7 +176,7 @@ def run_trajectory(start: str, snapshots: list[tuple[int, Path]], out: Path, ove
 
     from probes.tasks import load_task
 
-    settings = {**TRAJECTORY_DEFAULTS, **(overrides or {})}
+    settings = {**TRAJECTORY_DEFAULTS, "behaviour_cache": str(Path(out) / "behaviour-cache"), **(overrides or {})}
     types = tuple(load_task(settings.get("task")).types)  # a bad task: one TaskError, not a skip per snapshot
     rows, done = [], []
     t_all = time.time()
